@@ -1,0 +1,162 @@
+"""Chunked parallel training of the memory (paper §3.2, Eqs. 16-18; notebook 06).
+
+Inside a chunk every gradient is taken at the chunk-start weights ``M_{t'}``, so all of a chunk's gradients
+``u_j`` come from one batched forward and backward pass. The recurrences of Eqs. 13-14 are linear in ``u``,
+so the memory after token ``i`` of the chunk is a fixed linear combination (``i, j`` count from the chunk
+start; ``M``, ``S`` are the weights and momentum when the chunk, or this part of it, began):
+
+    S_i = e_i S - sum_{j<=i} D_ij u_j              e_i = prod_{r<=i} eta_r,   D_ij = theta_j prod_{j<r<=i} eta_r
+    M_i = beta_i M + g_i S - sum_{j<=i} C_ij u_j   beta_i = prod_{r<=i} (1 - alpha_r)           (Eq. 16)
+                                                   g = B e,   C = (B E) diag(theta)             (Eqs. 17-18)
+
+with ``E_ij = prod_{j<r<=i} eta_r`` and ``B_ij = prod_{j<r<=i} (1 - alpha_r)`` the lower-triangular decay
+matrices of momentum and forgetting (:func:`decay_matrix`).
+
+Reading ``y_i = M_i(q_i)`` then needs no per-token weights. Each layer's gradient is a sum of outer products
+``a_j^T delta_j``, so the pre-activation of layer ``l`` for query row ``h_i`` is
+
+    h_i M_{l,i} = beta_i (h_i M_l) + g_i (h_i S_l) - sum_{j<=i} C_ij (h_i . a_j) delta_j
+
+an attention-like matmul under a causal mask: the "dual form" (Sun et al. 2024). Row ``i`` depends on
+tokens ``<= i`` only, and every token is read with ``M_i`` itself, never with the chunk-start or chunk-end
+weights. Autograd differentiates through all of it, so the outer loss sees the exact second-order gradients.
+
+Glossary: ``theta``, ``eta``, ``alpha`` are θ_t, η_t, α_t; ``surprise`` is S_t; ``weights`` is M_t;
+``anchor`` is M_{t'}; ``inputs``/``deltas`` are the a_{l-1} and δ_l of :meth:`MLPMemory.grad_terms`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.func import grad, vmap
+
+from .memories import MLPMemory, ModuleMemory, associative_loss
+from .state import MemoryState, Weights
+
+
+class ChunkCoefficients(NamedTuple):
+    """The scalars that mix ``M``, ``S`` and the ``u_j`` inside one chunk; shapes ``(..., n)`` or ``(..., n, n)``."""
+
+    beta: Tensor  # prod (1 - alpha) up to i: weight of M in M_i (Eq. 16)
+    e: Tensor  # prod eta up to i: weight of S in S_i
+    g: Tensor  # weight of S in M_i
+    C: Tensor  # weight of u_j in M_i (with a minus sign)
+    D: Tensor  # weight of u_j in S_i (with a minus sign)
+
+
+def decay_matrix(a: Tensor) -> Tensor:
+    """``P[..., i, j] = prod_{j < r <= i} a[..., r]`` for ``i >= j`` and 0 above the diagonal.
+
+    Built with a cumulative product down the columns, so it has no division and no log: it stays exact when
+    a gate is 0 (momentum off) or 1. Shape ``(..., n) -> (..., n, n)``.
+    """
+    n = a.shape[-1]
+    below = torch.ones(n, n, dtype=torch.bool, device=a.device).tril(-1)  # r > j
+    factors = torch.where(below, a.unsqueeze(-1), torch.ones((), dtype=a.dtype, device=a.device))
+    return factors.cumprod(dim=-2).tril()
+
+
+def chunk_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor) -> ChunkCoefficients:
+    """Eqs. 16-18 for one chunk (or part of one). Gates ``(..., n)``; see the module docstring."""
+    keep = 1 - alpha
+    E, B = decay_matrix(eta), decay_matrix(keep)
+    e, beta = eta.cumprod(-1), keep.cumprod(-1)
+    g = (B @ e.unsqueeze(-1)).squeeze(-1)
+    C = (B @ E) * theta.unsqueeze(-2)
+    D = E * theta.unsqueeze(-2)
+    return ChunkCoefficients(beta, e, g, C, D)
+
+
+def dual_form_chunk(
+    memory: MLPMemory, weights: Weights, anchor: Weights, surprise: Weights, k: Tensor, v: Tensor, q: Tensor,
+    coef: ChunkCoefficients,
+) -> tuple[Tensor, Weights, Weights]:
+    """One chunk for an :class:`MLPMemory`, all tokens at once. Returns ``(y, M, S)`` after the chunk."""
+    inputs, deltas = memory.grad_terms(anchor, k, v)  # u_j = a_j^T delta_j at M_{t'}, for every j
+    beta, g, minus_C = coef.beta.unsqueeze(-1), coef.g.unsqueeze(-1), -coef.C  # signs go on the small factors
+    h = q
+    for layer, (M, S, a, delta) in enumerate(zip(weights, surprise, inputs, deltas)):
+        # h_i M_i = beta_i h_i M + g_i h_i S - sum_j C_ij (h_i . a_j) delta_j
+        z = beta * (h @ M) + g * (h @ S) + (minus_C * (h @ a.transpose(-1, -2))) @ delta
+        h = memory.act(z) if layer < memory.depth - 1 else z
+    y = q + h if memory.residual else h
+
+    # M_n = beta_n M + g_n S - sum_j C_nj a_j^T delta_j ;  S_n = e_n S - sum_j D_nj a_j^T delta_j
+    beta_n, g_n, e_n = (x[..., -1, None, None] for x in (coef.beta, coef.g, coef.e))
+    minus_C_n, minus_D_n = -coef.C[..., -1, :, None], -coef.D[..., -1, :, None]
+    new_weights, new_surprise = [], []
+    for M, S, a, delta in zip(weights, surprise, inputs, deltas):
+        a_t = a.transpose(-1, -2)
+        new_weights.append(torch.addcmul(beta_n * M, g_n, S) + a_t @ (minus_C_n * delta))
+        new_surprise.append(e_n * S + a_t @ (minus_D_n * delta))
+    return y, tuple(new_weights), tuple(new_surprise)
+
+
+def _per_token(coef: Tensor, base: Tensor) -> Tensor:
+    """``coef (batch, heads, n)`` times ``base (batch, heads, *shape)``: one copy per token, ``(batch, heads, n, *shape)``."""
+    return coef.reshape(*coef.shape, *[1] * (base.dim() - 2)) * base.unsqueeze(2)
+
+
+def generic_chunk(
+    memory: ModuleMemory, weights: Weights, anchor: Weights, surprise: Weights, k: Tensor, v: Tensor, q: Tensor,
+    coef: ChunkCoefficients,
+) -> tuple[Tensor, Weights, Weights]:
+    """One chunk for any :class:`ModuleMemory`: per-token gradients by ``vmap(grad)``, then per-token weights.
+
+    It holds ``n`` copies of the memory's weights per sequence, so it suits small user memories; the dual form
+    above is the fast path for MLP memories.
+    """
+    def loss(w, k_j, v_j):
+        return associative_loss(memory._call_one(w, k_j.unsqueeze(0)), v_j.unsqueeze(0)).sum()
+
+    per_token_grad = vmap(grad(loss), in_dims=(None, 0, 0))  # over the chunk's tokens
+    u = vmap(vmap(per_token_grad))(anchor, k, v)  # over batch, heads: each (batch, heads, n, *shape)
+
+    M_i, S_i = [], []
+    for M, S, u_l in zip(weights, surprise, u):
+        flat = u_l.flatten(3)  # (batch, heads, n, P)
+        M_i.append(_per_token(coef.beta, M) + _per_token(coef.g, S) - (coef.C @ flat).reshape(u_l.shape))
+        S_i.append(_per_token(coef.e, S) - (coef.D @ flat).reshape(u_l.shape))
+    y = memory(tuple(M_i), q.unsqueeze(-2)).squeeze(-2)  # token i reads with its own M_i
+    take_last = lambda ws: tuple(w[:, :, -1] for w in ws)  # noqa: E731
+    return y, take_last(M_i), take_last(S_i)
+
+
+def chunked_memory(
+    memory: MLPMemory | ModuleMemory,
+    k: Tensor,
+    v: Tensor,
+    q: Tensor,
+    theta: Tensor,
+    eta: Tensor,
+    alpha: Tensor,
+    chunk_size: int = 64,
+    state: MemoryState | None = None,
+) -> tuple[Tensor, MemoryState]:
+    """The fast twin of :func:`titans_edu.naive.naive_memory`: same arguments, same results.
+
+    Loops over chunks only; all tokens inside a chunk are handled by matmuls. A call may start or end inside a
+    chunk (the state remembers where), so any split of a stream into calls gives the same outputs.
+    Shapes: ``k, q`` ``(batch, heads, seq, d_k)``, ``v`` ``(batch, heads, seq, d_v)``, gates ``(batch, heads, seq)``.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    state = state or MemoryState.fresh(memory.initial_weights(k.shape[0]))
+    step = dual_form_chunk if isinstance(memory, MLPMemory) else generic_chunk
+    weights, anchor, surprise, seen = state.weights, state.anchor, state.surprise, state.seen
+    T, ys, start = k.shape[2], [], 0
+    while start < T:
+        position = seen % chunk_size
+        if position == 0:
+            anchor = weights  # a new chunk: gradients are taken at M_{t'}
+        n = min(chunk_size - position, T - start)
+        part = slice(start, start + n)
+        coef = chunk_coefficients(theta[..., part], eta[..., part], alpha[..., part])
+        y, weights, surprise = step(memory, weights, anchor, surprise, k[:, :, part], v[:, :, part], q[:, :, part], coef)
+        ys.append(y)
+        start, seen = start + n, seen + n
+    y = torch.cat(ys, dim=2) if ys else q.new_zeros(*q.shape[:-1], v.shape[-1])
+    return y, MemoryState(weights=weights, anchor=anchor, surprise=surprise, seen=seen, conv=state.conv)

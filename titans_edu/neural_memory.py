@@ -1,0 +1,184 @@
+"""The neural long-term memory as a layer (paper §3.1 and §4.4; SPEC §1).
+
+    x (batch, seq, dim)
+      -> q, k, v = x W_Q, x W_K, x W_V            Eqs. 11 and 15, one projection per head
+      -> causal depthwise conv (kernel 4), SiLU    §4.4; with the projection it is a depthwise-separable conv
+      -> l2-normalise q and k                      §4.4
+      -> theta_t, eta_t, alpha_t = gates(x_t)      per token and per head (§3.2, "functions of tokens")
+      -> y_t = M_t(q_t) after writing (k_t, v_t)   Eqs. 12-15, chunked (Eqs. 16-18)
+      -> RMSNorm(y) * sigmoid(x W_G), then W_O     §4.4: normalisation and a linear gate before the output
+
+Gates (SPEC CHOICE): ``theta_t = max_lr * sigmoid(x_t w_theta + b_theta)``, ``eta_t = sigmoid(x_t w_eta +
+b_eta)``, ``alpha_t = sigmoid(x_t w_alpha + b_alpha)``. ``momentum=False`` fixes ``eta = 0`` and
+``forgetting=False`` fixes ``alpha = 0``; with both off the rule is plain online gradient descent (Eq. 8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .chunked import chunked_memory
+from .memories import ACTIVATIONS, MLPMemory, ModuleMemory
+from .naive import naive_memory
+from .state import MemoryState
+
+
+@dataclass
+class MemoryConfig:
+    """Everything that shapes a :class:`NeuralMemory`. Validates itself on creation.
+
+    ``dim``: model width. ``heads``: independent memories. ``head_dim``: width of q, k, v per head
+    (default ``dim // heads``). ``depth``: L_M, memory layers (1 = linear). ``expansion``: hidden width of
+    the memory MLP as a multiple of ``head_dim``. ``chunk_size``: b, tokens per chunk (1 = fully online).
+    ``max_lr``: the largest theta. ``conv_kernel``: width of the causal convolutions (0 = none).
+    ``impl``: ``"chunked"`` (fast) or ``"naive"`` (the per-token reference; same results, slow).
+    """
+
+    dim: int
+    heads: int = 1
+    head_dim: int | None = None
+    depth: int = 2
+    expansion: float = 4.0
+    activation: str = "silu"
+    residual: bool = False
+    chunk_size: int = 64
+    momentum: bool = True
+    forgetting: bool = True
+    max_lr: float = 0.1
+    theta_bias: float = 0.0
+    eta_bias: float = 1.0
+    alpha_bias: float = -5.0  # sigmoid(-5) ~ 0.007: the memory starts with little forgetting
+    conv_kernel: int = 4
+    impl: Literal["chunked", "naive"] = "chunked"
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.heads < 1:
+            raise ValueError(f"dim and heads must be >= 1, got dim={self.dim}, heads={self.heads}")
+        if self.head_dim is None:
+            if self.dim % self.heads:
+                raise ValueError(
+                    f"dim={self.dim} is not divisible by heads={self.heads}; choose heads that divide dim, "
+                    f"or set head_dim explicitly"
+                )
+            self.head_dim = self.dim // self.heads
+        if self.head_dim < 1:
+            raise ValueError(f"head_dim must be >= 1, got {self.head_dim}")
+        if self.depth < 1:
+            raise ValueError(f"depth (L_M) must be >= 1, got {self.depth}; depth=1 is the linear memory")
+        if self.expansion <= 0:
+            raise ValueError(f"expansion must be > 0, got {self.expansion}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 (1 means fully online), got {self.chunk_size}")
+        if not self.max_lr > 0:
+            raise ValueError(f"max_lr must be > 0 (theta_t = max_lr * sigmoid(...)), got {self.max_lr}")
+        if self.conv_kernel < 0:
+            raise ValueError(f"conv_kernel must be >= 0 (0 turns the convolutions off), got {self.conv_kernel}")
+        if self.impl not in ("chunked", "naive"):
+            raise ValueError(f"impl must be 'chunked' or 'naive', got {self.impl!r}")
+
+
+class NeuralMemory(nn.Module):
+    """The long-term memory module (LMM). ``forward(x, state) -> (output, state)``.
+
+    ``memory``: an optional user ``nn.Module`` mapping ``(n, head_dim) -> (n, head_dim)`` to use as the
+    memory model instead of the MLP (it then runs through the generic ``torch.func`` path).
+    """
+
+    def __init__(self, config: MemoryConfig, memory: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = c = config
+        inner = c.heads * c.head_dim
+        self.to_qkv = nn.Linear(c.dim, 3 * inner, bias=False)
+        self.conv = nn.Conv1d(3 * inner, 3 * inner, c.conv_kernel, groups=3 * inner) if c.conv_kernel else None
+        self.to_gates = nn.Linear(c.dim, 3 * c.heads)  # theta, eta, alpha logits
+        with torch.no_grad():
+            self.to_gates.bias.copy_(
+                torch.tensor([c.theta_bias, c.eta_bias, c.alpha_bias]).repeat_interleave(c.heads)
+            )
+        if memory is None:
+            self.memory = MLPMemory(c.head_dim, c.head_dim, c.depth, c.expansion, c.activation, c.residual, c.heads)
+        else:
+            self.memory = ModuleMemory(memory, c.heads)
+        self.norm = nn.RMSNorm(c.head_dim)
+        self.to_out_gate = nn.Linear(c.dim, inner)
+        self.to_out = nn.Linear(inner, c.dim, bias=False)
+
+    # --- pieces, each usable on its own (the architectures in notebook 07+ reuse them) ---
+
+    def initial_state(self, batch: int) -> MemoryState:
+        """``M_0`` for ``batch`` sequences, ``S_0 = 0``, an empty convolution cache."""
+        state = MemoryState.fresh(self.memory.initial_weights(batch))
+        if self.conv is not None:
+            ref = self.to_qkv.weight
+            state.conv = ref.new_zeros(batch, self.conv.in_channels, self.config.conv_kernel - 1)
+        return state
+
+    def gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``theta, eta, alpha``, each ``(batch, heads, seq)``, in float32 or wider (they multiply the state)."""
+        c = self.config
+        logits = self.to_gates(x).transpose(1, 2)  # (batch, 3 * heads, seq)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 under autocast -> fp32
+        th, et, al = logits.unflatten(1, (3, c.heads)).unbind(1)
+        theta = c.max_lr * torch.sigmoid(th)
+        eta = torch.sigmoid(et) if c.momentum else torch.zeros_like(et)
+        alpha = torch.sigmoid(al) if c.forgetting else torch.zeros_like(al)
+        return theta, eta, alpha
+
+    def project(self, x: Tensor, conv_cache: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``q, k, v`` as ``(batch, heads, seq, head_dim)``, and the new convolution cache."""
+        c = self.config
+        h = self.to_qkv(x).transpose(1, 2)  # (batch, channels, seq)
+        if self.conv is not None:
+            h = torch.cat([conv_cache.to(h.dtype), h], dim=-1)
+            conv_cache = h[..., h.shape[-1] - (c.conv_kernel - 1) :]
+            h = self.conv(h)  # causal: the cache supplies the left padding
+        h = F.silu(h).unflatten(1, (3, c.heads, c.head_dim)).permute(1, 0, 2, 4, 3)  # (3, batch, heads, seq, hd)
+        q, k, v = h.unbind(0)
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, conv_cache
+
+    def output(self, y: Tensor, x: Tensor) -> Tensor:
+        """RMSNorm, the linear gate and the output projection: ``(batch, heads, seq, hd) -> (batch, seq, dim)``."""
+        y = self.norm(y).transpose(1, 2).flatten(2)
+        return self.to_out(y * torch.sigmoid(self.to_out_gate(x)))
+
+    # --- the whole layer ---
+
+    def forward(self, x: Tensor, state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
+        """Write every token of ``x`` into the memory and read it back. ``x``: ``(batch, seq, dim)``."""
+        c = self.config
+        if x.dim() != 3 or x.shape[-1] != c.dim:
+            raise ValueError(
+                f"NeuralMemory expects x of shape (batch, seq, dim={c.dim}), got {tuple(x.shape)}. "
+                f"Add a batch dim with x.unsqueeze(0) or project the features to {c.dim}."
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor of features, got dtype {x.dtype}")
+        if state is None:
+            state = self.initial_state(x.shape[0])
+        else:
+            self.check_state(state, x.shape[0])
+        q, k, v, conv = self.project(x, state.conv)
+        theta, eta, alpha = self.gates(x)
+        rule = chunked_memory if c.impl == "chunked" else naive_memory
+        y, new_state = rule(self.memory, k, v, q, theta, eta, alpha, c.chunk_size, state)
+        return self.output(y, x), replace(new_state, conv=conv)
+
+    def check_state(self, state: MemoryState, batch: int) -> None:
+        if not isinstance(state, MemoryState):
+            raise ValueError(f"state must be a MemoryState (from a previous call or initial_state), got {type(state)}")
+        state.check([w.shape for w in self.memory.initial], batch, where="NeuralMemory")
+        if self.conv is not None:
+            want = (batch, self.conv.in_channels, self.config.conv_kernel - 1)
+            if state.conv is None or tuple(state.conv.shape) != want:
+                got = None if state.conv is None else tuple(state.conv.shape)
+                raise ValueError(
+                    f"NeuralMemory: the state's conv cache has shape {got}, expected {want}. Pass a state made by "
+                    f"this layer for the same batch size, or state=None."
+                )
