@@ -1,0 +1,161 @@
+"""The chunked dual form (Eqs. 16-18) against the naive per-token loop, in float64.
+
+Outputs, final state and gradients must agree to round-off for every chunk size, including sequences whose
+length is not a multiple of the chunk size, and for every memory model.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from titans_edu.chunked import chunk_coefficients, chunked_memory, decay_matrix
+from titans_edu.memories import MLPMemory, ModuleMemory
+from titans_edu.naive import naive_memory
+
+B, H, T, D = 2, 2, 20, 4
+
+
+def make_stream(memory, batch=B, seq=T, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dim_v = memory.initial[-1].shape[-1] if isinstance(memory, MLPMemory) else D
+    k = nn.functional.normalize(torch.randn(batch, H, seq, D, generator=g), dim=-1)
+    q = nn.functional.normalize(torch.randn(batch, H, seq, D, generator=g), dim=-1)
+    v = torch.randn(batch, H, seq, dim_v, generator=g)
+    theta = 0.3 * torch.rand(batch, H, seq, generator=g)
+    eta = torch.rand(batch, H, seq, generator=g)
+    alpha = 0.2 * torch.rand(batch, H, seq, generator=g)
+    return k, v, q, theta, eta, alpha
+
+
+MEMORIES = {
+    "linear": lambda: MLPMemory(D, depth=1, heads=H),
+    "mlp2": lambda: MLPMemory(D, depth=2, heads=H),
+    "mlp3-gelu-residual": lambda: MLPMemory(D, depth=3, expansion=2.0, activation="gelu", residual=True, heads=H),
+    "user-module": lambda: ModuleMemory(nn.Sequential(nn.Linear(D, 6), nn.Tanh(), nn.Linear(6, D)), heads=H),
+}
+
+
+def all_state(state):
+    return state.weights + state.anchor + state.surprise
+
+
+@pytest.mark.parametrize("name", MEMORIES)
+@pytest.mark.parametrize("chunk_size", [1, 3, 16, T])
+def test_chunked_equals_naive_outputs_state_and_gradients(float64, name, chunk_size):
+    memory = MEMORIES[name]()
+    inputs = [x.requires_grad_() for x in make_stream(memory)]
+    params = list(memory.parameters())
+
+    y_naive, s_naive = naive_memory(memory, *inputs, chunk_size=chunk_size)
+    y_fast, s_fast = chunked_memory(memory, *inputs, chunk_size=chunk_size)
+
+    torch.testing.assert_close(y_fast, y_naive, rtol=1e-10, atol=1e-11)
+    assert s_fast.seen == s_naive.seen == T
+    for fast, naive in zip(all_state(s_fast), all_state(s_naive)):
+        torch.testing.assert_close(fast, naive, rtol=1e-10, atol=1e-11)
+
+    # one outer loss over outputs and the final state: gradients w.r.t. k, v, q, theta, eta, alpha and M_0
+    def outer_loss(y, state):
+        return (y * torch.linspace(-1, 1, y.shape[-1])).sum() + sum(w.pow(2).sum() for w in state.weights + state.surprise)
+
+    g_naive = torch.autograd.grad(outer_loss(y_naive, s_naive), inputs + params)
+    g_fast = torch.autograd.grad(outer_loss(y_fast, s_fast), inputs + params)
+    for fast, naive in zip(g_fast, g_naive):
+        torch.testing.assert_close(fast, naive, rtol=1e-9, atol=1e-10)
+
+
+def test_chunk_size_one_is_the_online_rule(float64):
+    """Eqs. 13-15 written out for a linear memory with the closed-form gradient, no package code involved."""
+    memory = MLPMemory(D, depth=1, heads=H)
+    k, v, q, theta, eta, alpha = make_stream(memory)
+    W = memory.initial_weights(B)[0].clone()
+    S = torch.zeros_like(W)
+    ys = []
+    for t in range(T):
+        kt, vt, qt = k[:, :, t, None, :], v[:, :, t, None, :], q[:, :, t, None, :]
+        grad = 2 * kt.transpose(-1, -2) @ (kt @ W - vt)  # grad of ||k W - v||^2 at M_{t-1}
+        S = eta[:, :, t, None, None] * S - theta[:, :, t, None, None] * grad  # Eq. 13
+        W = (1 - alpha[:, :, t, None, None]) * W + S  # Eq. 14
+        ys.append(qt @ W)  # Eq. 15
+    y, state = chunked_memory(memory, k, v, q, theta, eta, alpha, chunk_size=1)
+    torch.testing.assert_close(y, torch.cat(ys, dim=2))
+    torch.testing.assert_close(state.weights[0], W)
+    torch.testing.assert_close(state.surprise[0], S)
+
+
+def test_no_momentum_no_forgetting_is_online_gradient_descent(float64):
+    memory = MLPMemory(D, depth=2, heads=H)
+    k, v, q, theta, _, _ = make_stream(memory)
+    zeros = torch.zeros_like(theta)
+    _, state = chunked_memory(memory, k, v, q, theta, zeros, zeros, chunk_size=1)
+    weights = memory.initial_weights(B)
+    for t in range(T):  # Eq. 8: M_t = M_{t-1} - theta_t grad l(M_{t-1}; x_t)
+        grads = memory.gradient(weights, k[:, :, t : t + 1], v[:, :, t : t + 1])
+        weights = tuple(w - theta[:, :, t, None, None] * g for w, g in zip(weights, grads))
+    for got, want in zip(state.weights, weights):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 7])
+@pytest.mark.parametrize("name", ["mlp2", "user-module"])
+def test_any_split_into_calls_equals_one_call(float64, name, chunk_size):
+    memory = MEMORIES[name]()
+    stream = make_stream(memory)
+    y_once, s_once = chunked_memory(memory, *stream, chunk_size=chunk_size)
+    for cuts in ([0, 1, 2, 9, 10, 17, T], list(range(T + 1))):  # arbitrary splits, then token by token
+        state, ys = None, []
+        for a, b in zip(cuts, cuts[1:]):
+            y, state = chunked_memory(memory, *(x[:, :, a:b] for x in stream), chunk_size=chunk_size, state=state)
+            ys.append(y)
+        torch.testing.assert_close(torch.cat(ys, dim=2), y_once, rtol=1e-10, atol=1e-11)
+        for got, want in zip(all_state(state), all_state(s_once)):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("rule", [chunked_memory, naive_memory])
+def test_output_at_t_never_depends_on_later_tokens(float64, rule):
+    memory = MLPMemory(D, depth=2, heads=H)
+    stream = make_stream(memory)
+    y, _ = rule(memory, *stream, chunk_size=8)
+    for t in (0, 5, 7, 8, 13):
+        bumped = [x.clone() for x in stream]
+        for x in bumped:
+            x[:, :, t] += 0.5  # perturb k, v, q and every gate at position t
+        y2, _ = rule(memory, *bumped, chunk_size=8)
+        torch.testing.assert_close(y2[:, :, :t], y[:, :, :t], rtol=0, atol=0)
+        assert not torch.allclose(y2[:, :, t], y[:, :, t])
+
+
+def test_decay_matrix_holds_the_products(float64):
+    a = torch.tensor([0.5, 0.0, 2.0, 3.0])
+    P = decay_matrix(a)
+    for i in range(4):
+        for j in range(4):
+            want = torch.prod(a[j + 1 : i + 1]) if i >= j else torch.tensor(0.0)
+            assert P[i, j].item() == pytest.approx(want.item())
+
+
+def test_chunk_coefficients_match_the_unrolled_recurrence(float64):
+    """Unroll Eqs. 13-14 with scalar 'weights' to read off the coefficients of M, S and each u_j."""
+    n = 6
+    theta, eta, alpha = torch.rand(n), torch.rand(n), 0.3 * torch.rand(n)
+    coef = chunk_coefficients(theta, eta, alpha)
+    # track (coefficient of M, coefficient of S, coefficients of u_0..u_{n-1}) for M_i and S_i
+    M, S = torch.tensor([1.0, 0.0] + [0.0] * n), torch.tensor([0.0, 1.0] + [0.0] * n)
+    for i in range(n):
+        u = torch.zeros(n + 2)
+        u[2 + i] = 1.0
+        S = eta[i] * S - theta[i] * u
+        M = (1 - alpha[i]) * M + S
+        torch.testing.assert_close(M[0], coef.beta[i])
+        torch.testing.assert_close(M[1], coef.g[i])
+        torch.testing.assert_close(-M[2:], coef.C[i])
+        torch.testing.assert_close(S[1], coef.e[i])
+        torch.testing.assert_close(-S[2:], coef.D[i])
+
+
+@pytest.mark.parametrize("rule", [chunked_memory, naive_memory])
+def test_chunk_size_below_one_raises(rule):
+    memory = MLPMemory(D, depth=1, heads=H)
+    with pytest.raises(ValueError, match="chunk_size"):
+        rule(memory, *make_stream(memory), chunk_size=0)
