@@ -1,0 +1,184 @@
+"""Speed of the NeuralMemory layer, side by side with titans-pytorch, and its cost against sequence length.
+
+    python bench/memory_speed.py                 # the full report (a few minutes on 2 cores)
+    python bench/memory_speed.py --quick         # fewer repeats, no scaling sweep
+
+Configuration (issue 2): dim 256, 1 head, a 2-layer MLP memory with expansion 4, chunk 64, momentum and
+forgetting on, batch 2 x 1024 tokens, float32, 2 threads. Both layers are timed in this one process, in
+interleaved rounds, and the median of the rounds is reported. The matmul throughput of the machine is
+measured here too, and our achieved FLOP rate is quoted against it, from the FLOP count in `flops_per_token`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from titans_edu import MemoryConfig, NeuralMemory
+
+DIM, HEADS, DEPTH, EXPANSION, CHUNK, BATCH, SEQ = 256, 1, 2, 4, 64, 2, 1024
+
+
+def flops_per_token(dim: int = DIM, heads: int = HEADS, expansion: int = EXPANSION, chunk: int = CHUNK) -> dict:
+    """Multiply-add FLOPs (2 per MAC) of our forward pass per token, term by term; backward counts as 2x forward.
+
+    Per head, with layer widths d_0 = head_dim, d_1 = hidden, d_2 = head_dim and b = chunk:
+      keys through M_{t'} (forward) ............ sum_l 2 d_{l-1} d_l
+      backprop deltas (manual) ................. sum_{l>=2} 2 d_l d_{l-1}
+      read with M and S (h M, h S) ............. sum_l 4 d_{l-1} d_l
+      dual-form attention (h a^T, (C*.) delta) . sum_l 2 b (d_{l-1} + d_l)
+      chunk-end M and S (a^T (C delta)) ........ sum_l 4 d_{l-1} d_l
+      chunk coefficients (B @ E) ............... 2 b^2
+    plus the projections q, k, v, output gate and output: 2 dim (5 heads head_dim).
+    """
+    hd = dim // heads
+    widths = [hd, expansion * hd, hd]
+    pairs = list(zip(widths, widths[1:]))
+    terms = {
+        "keys_forward": sum(2 * a * b for a, b in pairs),
+        "deltas": sum(2 * a * b for a, b in pairs[1:]),
+        "read_M_and_S": sum(4 * a * b for a, b in pairs),
+        "dual_attention": sum(2 * chunk * (a + b) for a, b in pairs),
+        "state_update": sum(4 * a * b for a, b in pairs),
+        "coefficients": 2 * chunk * chunk,
+    }
+    terms = {k: v * heads for k, v in terms.items()}
+    terms["projections"] = 2 * dim * 5 * heads * hd
+    forward = sum(terms.values())
+    return {"terms": terms, "forward": forward, "forward_backward": 3 * forward}
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def ours():
+    return NeuralMemory(MemoryConfig(dim=DIM, heads=HEADS, depth=DEPTH, expansion=EXPANSION, chunk_size=CHUNK,
+                                     momentum=True, forgetting=True))
+
+
+def theirs():
+    from titans_pytorch import MemoryMLP
+    from titans_pytorch import NeuralMemory as TitansPytorchMemory
+
+    model = MemoryMLP(dim=DIM // HEADS, depth=DEPTH, expansion_factor=float(EXPANSION))
+    return TitansPytorchMemory(dim=DIM, chunk_size=CHUNK, heads=HEADS, model=model, momentum=True)
+
+
+def first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def time_forward(layer, x) -> float:
+    t = time.perf_counter()
+    with torch.no_grad():
+        first(layer(x))
+    return time.perf_counter() - t
+
+
+def time_forward_backward(layer, x) -> float:
+    layer.zero_grad(set_to_none=True)
+    t = time.perf_counter()
+    first(layer(x)).sum().backward()
+    return time.perf_counter() - t
+
+
+def side_by_side(rounds: int) -> dict:
+    torch.manual_seed(0)
+    x = torch.randn(BATCH, SEQ, DIM)
+    layers = {"titans_edu": ours()}
+    try:
+        layers["titans-pytorch"] = theirs()
+    except ImportError:
+        print("titans-pytorch is not installed (pip install -e '.[bench]'); timing titans_edu alone")
+    for layer in layers.values():  # warm up both
+        time_forward(layer, x), time_forward_backward(layer, x)
+    samples = {name: {"forward": [], "forward_backward": []} for name in layers}
+    for _ in range(rounds):  # interleaved, so both see the same machine load
+        for name, layer in layers.items():
+            samples[name]["forward"].append(time_forward(layer, x))
+            samples[name]["forward_backward"].append(time_forward_backward(layer, x))
+    tokens = BATCH * SEQ
+    return {name: {kind: tokens / statistics.median(ts) for kind, ts in kinds.items()} for name, kinds in samples.items()}
+
+
+def one_length(seq: int) -> dict:
+    """Run in a fresh process: time and peak memory of one forward+backward at this length."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    layer = ours()
+    x = torch.randn(BATCH, seq, DIM)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds = min(time_forward_backward(layer, x) for _ in range(2))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seq": seq, "seconds": seconds, "peak_mib": peak / 1024, "extra_mib": (peak - before) / 1024}
+
+
+def scaling(lengths: list[int]) -> list[dict]:
+    rows = []
+    for seq in lengths:
+        out = subprocess.run([sys.executable, __file__, "--one-length", str(seq)], capture_output=True, text=True,
+                             check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds and no length sweep")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--one-length", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="bench/results/memory_speed.json")
+    args = parser.parse_args()
+    if args.one_length:
+        print(json.dumps(one_length(args.one_length)))
+        return
+    torch.set_num_threads(2)
+
+    peak = matmul_gflops()
+    results = side_by_side(3 if args.quick else args.rounds)
+    flops = flops_per_token()
+    print(f"matmul throughput (1024^3 sgemm, 2 threads): {peak:.1f} GFLOP/s")
+    print(f"our FLOPs per token: forward {flops['forward'] / 1e6:.2f} M, forward+backward "
+          f"{flops['forward_backward'] / 1e6:.2f} M\n")
+    print("| layer | forward tok/s | forward+backward tok/s |")
+    print("| --- | --- | --- |")
+    for name, r in results.items():
+        print(f"| {name} | {r['forward']:,.0f} | {r['forward_backward']:,.0f} |")
+    ours_r = results["titans_edu"]
+    achieved = ours_r["forward_backward"] * flops["forward_backward"] / 1e9
+    print(f"\nour forward+backward runs at {achieved:.1f} GFLOP/s = {achieved / peak:.0%} of the measured matmul rate")
+    if "titans-pytorch" in results:
+        base = results["titans-pytorch"]
+        print(f"speed-up over titans-pytorch: forward {ours_r['forward'] / base['forward']:.2f}x, "
+              f"forward+backward {ours_r['forward_backward'] / base['forward_backward']:.2f}x")
+    report = {"matmul_gflops": peak, "flops": flops, "side_by_side": results}
+    if not args.quick:
+        rows = scaling([1024, 2048, 4096, 8192, 16384])
+        print("\n| T | forward+backward s | s per 1k tokens | peak RSS MiB |")
+        print("| --- | --- | --- | --- |")
+        for r in rows:
+            print(f"| {r['seq']} | {r['seconds']:.2f} | {r['seconds'] / r['seq'] * 1024:.3f} | {r['peak_mib']:.0f} |")
+        report["scaling"] = rows
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
