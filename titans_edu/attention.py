@@ -1,0 +1,259 @@
+"""Attention, the short-term memory of Titans (paper §4, Fig. 3; SPEC §3; notebook 07).
+
+Glossary (paper symbol -> code name):
+
+    p_1..p_Np      ``persistent``: learned tokens in front of the sequence (Eq. 19). As keys they carry no
+                   position (see below) and every query may attend to them.
+    Attn           full causal attention; Transformer++ uses it, and MAC uses it inside a segment (Eq. 23)
+    SW-Attn        ``window``: sliding-window attention; a query at position i sees keys i-W+1 .. i
+                   (Eq. 31, and the SWA baseline)
+    SW-Attn*       sliding-window attention whose persistent prefix is always visible (Eq. 27, Fig. 3b)
+    [p || h || S]  MAC's attention window (Eq. 22, Fig. 3a): persistent tokens, the memory tokens h_t of the
+                   segment, then the segment S^(t); :func:`segment_mask`
+    mask           boolean ``(queries, keys)``; True where the query may attend (the convention of
+                   ``F.scaled_dot_product_attention``)
+
+Every token carries its stream position, and masks are built from positions (:func:`visibility`). A call
+that brings a :class:`KVCache` of earlier keys therefore computes exactly what one long call computes.
+
+Positions (CHOICE): queries and keys are rotated with RoPE at their stream positions. Persistent keys are not
+rotated and are scored against the *unrotated* query, so a persistent token looks the same from every
+position, at any distance: it is independent of the input and of the position. One SDPA call does both by
+stacking ``[q_rot | q]`` against ``[k_rot | 0]`` for tokens and ``[0 | k_p]`` for persistent keys.
+
+On CPU the attention is ``F.scaled_dot_product_attention`` with an explicit boolean mask. On CUDA, for long
+sequences, an optional FlexAttention path skips the blocks the mask hides (:func:`attention_backend`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Backend = Literal["auto", "sdpa", "flex"]
+FLEX_MIN_KEYS = 1024  # below this many keys a dense masked SDPA call is as fast as skipping blocks
+
+
+# --- masks ---
+
+
+def visibility(q_pos: Tensor, k_pos: Tensor, window: int | None = None, n_persistent: int = 0) -> Tensor:
+    """Which key each query may attend to: ``(n,)`` and ``(m,)`` positions -> ``(n, n_persistent + m)`` bool.
+
+    Key ``j`` is visible to query ``i`` when ``k_pos[j] <= q_pos[i]`` (causal) and, with a window,
+    ``q_pos[i] - k_pos[j] < window``. The first ``n_persistent`` columns are persistent keys: always visible.
+    """
+    distance = q_pos[:, None] - k_pos[None, :]
+    mask = distance >= 0
+    if window is not None:
+        mask = mask & (distance < window)
+    if n_persistent:
+        mask = torch.cat([mask.new_ones(mask.shape[0], n_persistent), mask], dim=1)
+    return mask
+
+
+def causal_mask(n: int, device: torch.device | str | None = None) -> Tensor:
+    """Full causal attention over ``n`` tokens: ``(n, n)``, lower-triangular."""
+    pos = torch.arange(n, device=device)
+    return visibility(pos, pos)
+
+
+def sliding_window_mask(n: int, window: int, n_persistent: int = 0, device: torch.device | str | None = None) -> Tensor:
+    """SW-Attn (``n_persistent=0``) or SW-Attn* (Eq. 27, Fig. 3b): ``(n, n_persistent + n)``.
+
+    Keys are ``[p_1..p_Np || x_1..x_n]``; the persistent columns are always visible, token keys only within
+    the last ``window`` positions.
+    """
+    _check_positive(window=window)
+    pos = torch.arange(n, device=device)
+    return visibility(pos, pos, window, n_persistent)
+
+
+def segment_mask(n: int, n_persistent: int = 0, device: torch.device | str | None = None) -> Tensor:
+    """MAC's window ``[p || h || S]`` for a segment of ``n`` tokens (Eq. 22, Fig. 3a): ``(n, n_persistent + 2n)``.
+
+    Queries are the segment tokens ``s_0..s_{n-1}``. Keys are the persistent tokens (always visible), the
+    memory tokens ``h_0..h_{n-1}``, then ``s_0..s_{n-1}``. CHOICE: ``h_j`` is read with ``q_j``, a function of
+    token ``j``, so it is visible to ``s_i`` only when ``j <= i``, exactly like ``s_j``; anything more would
+    show token ``j`` to earlier positions.
+    """
+    pos = torch.arange(n, device=device)
+    return visibility(pos, torch.cat([pos, pos]), None, n_persistent)
+
+
+def _check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1 (a query always sees at least itself), got {value}")
+
+
+# --- rotary position embedding ---
+
+
+def rope(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
+    """Rotate ``x (batch, heads, n, head_dim)`` by its positions ``(n,)`` (RoPE, rotate-half form).
+
+    The angles are computed in float32, so the rotation is the same under bf16 autocast.
+    """
+    half = x.shape[-1] // 2
+    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions.to(torch.float32)[:, None] * inv_freq  # (n, half)
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x.float()[..., :half], x.float()[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+# --- the key-value cache carried between calls ---
+
+
+@dataclass
+class KVCache:
+    """Keys (already rotated) and values of earlier tokens, with their stream positions.
+
+    ``keys, values``: ``(batch, heads, m, head_dim)``; ``positions``: ``(m,)``.
+    """
+
+    keys: Tensor
+    values: Tensor
+    positions: Tensor
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, head_dim: int, like: Tensor) -> "KVCache":
+        kv = like.new_zeros(batch, heads, 0, head_dim)
+        return cls(kv, kv, torch.zeros(0, dtype=torch.long, device=like.device))
+
+    def __len__(self) -> int:
+        return self.positions.shape[0]
+
+    def extend(self, keys: Tensor, values: Tensor, positions: Tensor, keep: int | None = None) -> "KVCache":
+        """Append new entries; with ``keep``, only the last ``keep`` entries stay (a sliding window)."""
+        k = torch.cat([self.keys, keys.to(self.keys.dtype)], dim=2)
+        v = torch.cat([self.values, values.to(self.values.dtype)], dim=2)
+        p = torch.cat([self.positions, positions])
+        if keep is not None:
+            start = max(p.shape[0] - keep, 0)
+            k, v, p = k[:, :, start:], v[:, :, start:], p[start:]
+        return KVCache(k, v, p)
+
+    def cleared(self) -> "KVCache":
+        """An empty cache of the same batch, heads, head dim, dtype and device."""
+        return KVCache(self.keys[:, :, :0], self.values[:, :, :0], self.positions[:0])
+
+    def detach(self) -> "KVCache":
+        return replace(self, keys=self.keys.detach(), values=self.values.detach())
+
+
+# --- the attention call ---
+
+
+def attention_backend(q: Tensor, n_keys: int, backend: Backend = "auto") -> str:
+    """``"sdpa"`` (dense, explicit mask) or ``"flex"`` (block-sparse FlexAttention, CUDA only).
+
+    ``"auto"`` picks FlexAttention only on CUDA, when it is importable, and for at least ``FLEX_MIN_KEYS``
+    keys; everything else (every CPU run) takes the SDPA path.
+    """
+    if backend not in ("auto", "sdpa", "flex"):
+        raise ValueError(f"attention backend must be 'auto', 'sdpa' or 'flex', got {backend!r}")
+    if backend == "sdpa" or (backend == "auto" and (not q.is_cuda or n_keys < FLEX_MIN_KEYS)):
+        return "sdpa"
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        if backend == "flex":
+            raise ValueError("backend='flex' needs torch.nn.attention.flex_attention (torch >= 2.5)") from None
+        return "sdpa"
+    return "flex"
+
+
+def attend(
+    q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, window: int | None = None,
+    persistent: tuple[Tensor, Tensor] | None = None, q_raw: Tensor | None = None, backend: Backend = "auto",
+) -> Tensor:
+    """Masked softmax attention. ``q (batch, heads, n, hd)`` at ``q_pos (n,)``; ``k, v (batch, heads, m, hd)``.
+
+    ``persistent``: keys and values ``(batch, heads, N_p, hd)`` with no position, always visible, scored
+    against ``q_raw``, the query before RoPE. Returns ``(batch, heads, n, hd)``.
+    """
+    scale = q.shape[-1] ** -0.5
+    n_persistent = 0
+    if persistent is not None:
+        k_p, v_p = persistent
+        n_persistent = k_p.shape[2]
+        # scores: q_rot . k_rot for tokens, q . k_p for persistent keys (no position)
+        q = torch.cat([q, q_raw], dim=-1)
+        k = torch.cat([torch.cat([torch.zeros_like(k_p), k_p], -1), torch.cat([k, torch.zeros_like(k)], -1)], 2)
+        v = torch.cat([v_p, v], dim=2)
+    if attention_backend(q, k.shape[2], backend) == "flex":
+        from .flex_path import flex_attend
+
+        return flex_attend(q, k, v, q_pos, k_pos, window, n_persistent, scale)
+    mask = visibility(q_pos, k_pos, window, n_persistent)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with RoPE, an optional persistent prefix and a KV cache.
+
+    ``forward(x, positions, cache)`` attends from the tokens of ``x (batch, n, dim)`` to the cache, to
+    ``extra`` tokens (MAC's memory tokens) and to ``x`` itself, under the mask that ``window`` and the
+    positions define. Returns ``(batch, n, dim)`` and the cache extended with the new keys.
+    """
+
+    def __init__(self, dim: int, heads: int, rope_base: float = 10000.0, backend: Backend = "auto") -> None:
+        super().__init__()
+        if heads < 1 or dim % heads:
+            raise ValueError(f"attention heads must divide dim; got dim={dim}, heads={heads}. Choose heads "
+                             f"among the divisors of dim.")
+        if (dim // heads) % 2:
+            raise ValueError(f"RoPE needs an even head dim; got dim // heads = {dim // heads}. Change heads or dim.")
+        self.heads, self.head_dim, self.rope_base, self.backend = heads, dim // heads, rope_base, backend
+        self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=False)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """``(batch, n, heads * hd) -> (batch, heads, n, hd)``."""
+        return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+
+    def _keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys (not yet rotated) and values of ``x (..., n, dim)``: only the k and v rows of W_QKV are used."""
+        k, v = F.linear(x, self.to_qkv.weight[x.shape[-1] :]).chunk(2, dim=-1)
+        return self.split_heads(k), self.split_heads(v)
+
+    def persistent_keys_values(self, p: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+        """Keys and values of the persistent tokens ``p (N_p, dim)``, not rotated: ``(batch, heads, N_p, hd)``."""
+        k, v = self._keys_values(p.unsqueeze(0))
+        return k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+
+    def forward(
+        self, x: Tensor, positions: Tensor, cache: KVCache | None = None, window: int | None = None,
+        persistent: Tensor | None = None, extra: Tensor | None = None, keep: int | None = None,
+    ) -> tuple[Tensor, KVCache]:
+        """``x (batch, n, dim)`` at stream ``positions (n,)``.
+
+        ``cache``: keys of earlier tokens. ``window``: SW-Attn's W (None = full causal). ``persistent``:
+        ``(N_p, dim)`` tokens, always visible. ``extra``: ``(batch, n, dim)`` tokens that are keys only and
+        share the positions of ``x`` (MAC's memory tokens h). ``keep``: how many cache entries to keep
+        (None = all).
+        """
+        batch = x.shape[0]
+        q_raw, k, v = (self.split_heads(t) for t in self.to_qkv(x).chunk(3, dim=-1))
+        q, k = rope(q_raw, positions, self.rope_base), rope(k, positions, self.rope_base)
+        k_pos = positions
+        if extra is not None:
+            k_extra, v_extra = self._keys_values(extra)
+            k = torch.cat([rope(k_extra, positions, self.rope_base), k], dim=2)
+            v = torch.cat([v_extra, v], dim=2)
+            k_pos = torch.cat([positions, positions])
+        if cache is None:
+            cache = KVCache.empty(batch, self.heads, self.head_dim, k)
+        new_cache = cache.extend(k, v, k_pos, keep)
+        keys = torch.cat([cache.keys, k.to(cache.keys.dtype)], dim=2)
+        values = torch.cat([cache.values, v.to(cache.values.dtype)], dim=2)
+        k_pos = torch.cat([cache.positions, k_pos])
+        prefix = None if persistent is None else self.persistent_keys_values(persistent, batch)
+        y = attend(q, keys.to(q.dtype), values.to(q.dtype), positions, k_pos, window, prefix, q_raw, self.backend)
+        return self.to_out(y.transpose(1, 2).flatten(2)), new_cache

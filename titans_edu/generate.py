@@ -1,0 +1,63 @@
+"""Streaming generation with a carried state (SPEC §3; notebooks 07-10).
+
+The prompt goes through the model in one call; then each new token is sampled, fed back alone, and the state
+carries everything the model keeps about the past. What it keeps, and so the cost of one step:
+
+    LMM            the memory weights                               constant
+    MAG, MAL       the memory weights + the last W - 1 keys         constant
+    SWA            the last W - 1 keys                              constant
+    MAC            the memory weights + the current segment's keys  grows within a segment, resets at the next
+    Transformer++  every past key                                   grows with the context
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .models import ModelState, TitansLM
+
+
+def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+           generator: torch.Generator | None = None) -> Tensor:
+    """One token per row from ``logits (batch, vocab)``: ``(batch, 1)``. ``temperature=0`` is greedy."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+@torch.no_grad()
+def generate(
+    model: TitansLM,
+    prompt: Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    state: ModelState | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, ModelState]:
+    """Continue ``prompt (batch, n)`` by ``max_new_tokens`` tokens.
+
+    ``state``: continue a stream the model has already read (``prompt`` then follows it). Returns the prompt
+    with the new tokens appended, ``(batch, n + max_new_tokens)``, and the state after all of them, ready to
+    continue.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if prompt.dim() != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt must be (batch, n) token ids with n >= 1, got shape {tuple(prompt.shape)}")
+    logits, state = model(prompt, state)
+    tokens = [prompt]
+    for _ in range(max_new_tokens):
+        token = sample(logits[:, -1], temperature, top_k, generator)
+        tokens.append(token)
+        logits, state = model(token, state)
+    return torch.cat(tokens, dim=1), state

@@ -1,0 +1,79 @@
+"""MAL, memory as a layer (paper §4.3, Eqs. 29-31, Fig. 5; SPEC §3; notebook 10).
+
+The memory and the attention are stacked, as in H3-style hybrids:
+
+    x~ = [p_1..p_Np] || x           Eq. 29: persistent tokens in front
+    y  = M(x~)                      Eq. 30: the memory compresses past and present
+    o  = SW-Attn(y)                 Eq. 31: sliding-window attention over the memory's output
+
+Glossary (paper symbol -> code name):
+
+    W         ``window``
+    M(x~)     ``self.memory(x, state.memory)``: position t reads M_t, the memory including token t (SPEC §1)
+    SW-Attn   ``self.attention(..., window=W)``: plain SW-Attn, not SW-Attn* (Eq. 31)
+
+CHOICE (SPEC §3): the stream of this layer is literally ``[p || x]``. The memory reads the persistent tokens
+once, at the start of the stream, when the state is created; the attention receives ``M(p)`` as the first
+``N_p`` tokens of its stream (positions 0 .. N_p-1) and, being plain SW-Attn, sees them only while they are
+inside its window. Outputs are kept at the positions of ``x`` only.
+
+Streaming: the state is the memory (fixed size) and the last ``W - 1`` keys of the attention, so the cost per
+token does not grow with the context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .attention import Attention, KVCache
+from .model_config import ModelConfig
+from .neural_memory import NeuralMemory
+from .persistent import PersistentMemory, memory_reads_persistent
+from .state import MemoryState
+
+
+@dataclass
+class MALState:
+    """``memory``: the memory state; ``cache``: the last ``W - 1`` attention keys (of the memory's outputs);
+    ``position``: the stream position of the next token, counting the persistent tokens (x_0 sits at N_p)."""
+
+    memory: MemoryState
+    cache: KVCache
+    position: int
+
+    def detach(self) -> "MALState":
+        return MALState(self.memory.detach(), self.cache.detach(), self.position)
+
+
+class MALMixer(nn.Module):
+    """Memory as a layer. ``forward(x (batch, seq, dim), state) -> (o (batch, seq, dim), state)``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.window = config.window
+        self.memory = NeuralMemory(config.memory_config())
+        self.attention = Attention(config.dim, config.heads, config.rope_base, config.attention_backend)
+        self.persistent = PersistentMemory(config.persistent, config.dim) if config.persistent else None
+
+    def init_state(self, batch: int) -> MALState:
+        """The memory after reading ``p``, and the attention's window holding ``M(p)`` (Eqs. 29-31)."""
+        y_p, memory = memory_reads_persistent(self.memory, self.persistent, batch)
+        a = self.attention
+        cache = KVCache.empty(batch, a.heads, a.head_dim, a.to_qkv.weight)
+        if y_p is None:
+            return MALState(memory, cache, 0)
+        n_p = y_p.shape[1]
+        positions = torch.arange(n_p, device=y_p.device)
+        _, cache = self.attention(y_p, positions, cache, window=self.window, keep=self.window - 1)
+        return MALState(memory, cache, n_p)
+
+    def forward(self, x: Tensor, state: MALState) -> tuple[Tensor, MALState]:
+        positions = torch.arange(state.position, state.position + x.shape[1], device=x.device)
+        # Eq. 30: y = M(x~), the memory continuing its stream [p || x]
+        y, memory = self.memory(x, state.memory)
+        # Eq. 31: o = SW-Attn(y)
+        o, cache = self.attention(y, positions, state.cache, window=self.window, keep=self.window - 1)
+        return o, MALState(memory, cache, state.position + x.shape[1])

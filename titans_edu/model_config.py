@@ -1,0 +1,152 @@
+"""The configuration of a whole model, and the paper's sizes as presets (paper §5.1; SPEC §3-4).
+
+Glossary (paper symbol -> field):
+
+    N_p     ``persistent``      persistent tokens per layer (Eq. 19); 0 in the baselines
+    C       ``segment``         MAC's segment length (Eq. 21)
+    W       ``window``          sliding-window size of SW-Attn (MAG, MAL, the SWA baseline)
+    L_M     ``memory_depth``    layers of the memory MLP
+    b       ``chunk_size``      tokens per chunk of the memory's parallel update (Eqs. 16-18)
+            ``depth``           blocks in the model; ``dim``: model width; ``heads``: attention heads
+
+Presets (``ModelConfig.preset(variant, size)``): ``tiny`` runs on a laptop CPU; ``170m``, ``340m``, ``400m`` and
+``760m`` are the paper's sizes (§5.1) at its vocabulary (32K, the Llama-2 tokenizer) and context (4K). The
+paper gives totals, not shapes; CHOICE: the shapes below, with the number of blocks set per variant so that
+each model lands within 10% of its nominal size. Parameter counts include the token embedding once (the
+output head shares its weights). CHOICE (SPEC §3): C = W = 512 at the paper's scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal
+
+from .neural_memory import MemoryConfig
+
+VARIANTS = ("lmm", "mac", "mag", "mal", "transformer", "swa")
+TITANS_VARIANTS = ("lmm", "mac", "mag", "mal")
+SIZES = ("tiny", "170m", "340m", "400m", "760m")
+
+
+@dataclass
+class ModelConfig:
+    """Everything that shapes a model built by :func:`titans_edu.models.build_model`. Validates itself."""
+
+    variant: str = "mac"
+    vocab_size: int = 256
+    dim: int = 64
+    depth: int = 2
+    heads: int = 2
+    context: int = 256  # the training sequence length (streaming may go past it)
+    mlp_hidden: int | None = None  # SwiGLU width; default 8/3 * dim rounded up to a multiple of 64
+    segment: int = 32
+    window: int = 32
+    persistent: int = 4
+    memory_heads: int | None = None  # default: heads
+    memory_depth: int = 2
+    memory_expansion: float = 4.0
+    memory_activation: str = "silu"
+    chunk_size: int = 16
+    momentum: bool = True
+    forgetting: bool = True
+    max_lr: float = 0.1
+    conv_kernel: int = 4
+    memory_impl: Literal["chunked", "naive"] = "chunked"
+    rope_base: float = 10000.0
+    attention_backend: Literal["auto", "sdpa", "flex"] = "auto"
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    size: str = field(default="custom", compare=False)  # the preset it came from, for the record
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        for name in ("vocab_size", "dim", "depth", "heads", "context", "memory_depth", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.segment < 1:
+            raise ValueError(f"segment (MAC's C) must be >= 1 token, got {self.segment}; the paper's scale uses 512")
+        if self.window < 1:
+            raise ValueError(f"window (SW-Attn's W) must be >= 1 token, got {self.window}; the paper's scale uses 512")
+        if self.persistent < 0:
+            raise ValueError(f"persistent (N_p) must be >= 0, got {self.persistent}")
+        if self.variant not in TITANS_VARIANTS and self.persistent:
+            raise ValueError(
+                f"the {self.variant!r} baseline has no persistent memory, got persistent={self.persistent}; "
+                f"set persistent=0 (or use a Titans variant: {', '.join(TITANS_VARIANTS)})"
+            )
+        if self.dim % self.heads:
+            raise ValueError(
+                f"heads={self.heads} does not divide dim={self.dim}; choose heads among the divisors of dim "
+                f"(head_dim = dim // heads)"
+            )
+        if (self.dim // self.heads) % 2:
+            raise ValueError(f"RoPE needs an even head dim, got dim // heads = {self.dim // self.heads}")
+        if self.memory_heads is None:
+            self.memory_heads = self.heads
+        if self.memory_heads < 1 or self.dim % self.memory_heads:
+            raise ValueError(f"memory_heads={self.memory_heads} must be >= 1 and divide dim={self.dim}")
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 64 * math.ceil(8 * self.dim / 3 / 64)
+        if self.mlp_hidden < 1:
+            raise ValueError(f"mlp_hidden must be >= 1, got {self.mlp_hidden}")
+        if self.rope_base <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
+            raise ValueError("rope_base, norm_eps and init_std must be > 0, got "
+                             f"{self.rope_base}, {self.norm_eps}, {self.init_std}")
+        if self.attention_backend not in ("auto", "sdpa", "flex"):
+            raise ValueError(f"attention_backend must be 'auto', 'sdpa' or 'flex', got {self.attention_backend!r}")
+        self.memory_config()  # the memory validates its own fields (activation, max_lr, conv_kernel, impl)
+
+    @property
+    def is_titans(self) -> bool:
+        return self.variant in TITANS_VARIANTS
+
+    def memory_config(self) -> MemoryConfig:
+        """The config of each layer's :class:`~titans_edu.neural_memory.NeuralMemory`."""
+        return MemoryConfig(
+            dim=self.dim, heads=self.memory_heads, depth=self.memory_depth, expansion=self.memory_expansion,
+            activation=self.memory_activation, chunk_size=self.chunk_size, momentum=self.momentum,
+            forgetting=self.forgetting, max_lr=self.max_lr, conv_kernel=self.conv_kernel, impl=self.memory_impl,
+        )
+
+    @classmethod
+    def preset(cls, variant: str, size: str = "tiny", **overrides) -> "ModelConfig":
+        """The preset ``size`` for ``variant``, with any field replaced by ``overrides``."""
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        if size not in PRESETS:
+            raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+        valid = {f.name for f in fields(cls)} - {"variant", "size"}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; valid fields are {sorted(valid)}")
+        shape = dict(PRESETS[size])
+        depth = shape.pop("depths")[_family(variant)]
+        if variant not in TITANS_VARIANTS:
+            shape["persistent"] = 0
+        return cls(**{**shape, "depth": depth, **overrides, "variant": variant, "size": size})
+
+    def replace(self, **changes) -> "ModelConfig":
+        return replace(self, **changes)
+
+
+def _family(variant: str) -> str:
+    """Variants with the same block layout share a depth in the presets."""
+    return {"lmm": "memory", "transformer": "attention", "swa": "attention"}.get(variant, "hybrid")
+
+
+# depths: blocks for the hybrids (MAC, MAG, MAL: attention + memory), the LMM (memory only) and the baselines
+PRESETS: dict[str, dict] = {
+    "tiny": dict(vocab_size=256, dim=64, heads=2, context=256, segment=32, window=32, persistent=4,
+                 chunk_size=16, depths=dict(hybrid=2, memory=2, attention=2)),
+    "170m": dict(vocab_size=32000, dim=768, heads=12, context=4096, segment=512, window=512, persistent=8,
+                 chunk_size=64, depths=dict(hybrid=14, memory=18, attention=20)),
+    "340m": dict(vocab_size=32000, dim=1024, heads=16, context=4096, segment=512, window=512, persistent=16,
+                 chunk_size=64, depths=dict(hybrid=17, memory=22, attention=24)),
+    "400m": dict(vocab_size=32000, dim=1024, heads=16, context=4096, segment=512, window=512, persistent=16,
+                 chunk_size=64, depths=dict(hybrid=20, memory=26, attention=28)),
+    "760m": dict(vocab_size=32000, dim=1536, heads=24, context=4096, segment=512, window=512, persistent=16,
+                 chunk_size=64, depths=dict(hybrid=17, memory=22, attention=24)),
+}
+NOMINAL_PARAMS = {"170m": 170e6, "340m": 340e6, "400m": 400e6, "760m": 760e6}
