@@ -89,9 +89,10 @@ def dual_form_chunk(
     minus_C_n, minus_D_n = -coef.C[..., -1, :, None], -coef.D[..., -1, :, None]
     new_weights, new_surprise = [], []
     for M, S, a, delta in zip(weights, surprise, inputs, deltas):
-        a_t = a.transpose(-1, -2)
-        new_weights.append(torch.addcmul(beta_n * M, g_n, S) + a_t @ (minus_C_n * delta))
-        new_surprise.append(e_n * S + a_t @ (minus_D_n * delta))
+        # both sums in one matmul: a^T [C_n delta | D_n delta]
+        update = a.transpose(-1, -2) @ torch.cat([minus_C_n * delta, minus_D_n * delta], dim=-1)
+        new_weights.append(torch.addcmul(beta_n * M, g_n, S) + update[..., : M.shape[-1]])
+        new_surprise.append(e_n * S + update[..., M.shape[-1] :])
     return y, tuple(new_weights), tuple(new_surprise)
 
 
@@ -147,16 +148,29 @@ def chunked_memory(
     state = state or MemoryState.fresh(memory.initial_weights(k.shape[0]))
     step = dual_form_chunk if isinstance(memory, MLPMemory) else generic_chunk
     weights, anchor, surprise, seen = state.weights, state.anchor, state.surprise, state.seen
-    T, ys, start = k.shape[2], [], 0
-    while start < T:
-        position = seen % chunk_size
-        if position == 0:
+    T, position = k.shape[2], seen % chunk_size
+    head = min((chunk_size - position) % chunk_size, T)  # the rest of a chunk an earlier call began
+    whole = (T - head) // chunk_size
+    pieces = ([(0, head)] if head else []) + [(head + c * chunk_size, chunk_size) for c in range(whole)]
+    if head + whole * chunk_size < T:
+        pieces.append((head + whole * chunk_size, T - head - whole * chunk_size))
+
+    # the coefficients of all whole chunks in one batched call: (batch, heads, chunks, b[, b])
+    body = slice(head, head + whole * chunk_size)
+    gates = [g[..., body].unflatten(-1, (whole, chunk_size)) for g in (theta, eta, alpha)]
+    body_coef = chunk_coefficients(*gates) if whole else None
+
+    ys = []
+    for start, n in pieces:
+        if seen % chunk_size == 0:
             anchor = weights  # a new chunk: gradients are taken at M_{t'}
-        n = min(chunk_size - position, T - start)
         part = slice(start, start + n)
-        coef = chunk_coefficients(theta[..., part], eta[..., part], alpha[..., part])
+        if n == chunk_size and seen % chunk_size == 0:
+            coef = ChunkCoefficients(*(x[:, :, (start - head) // chunk_size] for x in body_coef))
+        else:
+            coef = chunk_coefficients(theta[..., part], eta[..., part], alpha[..., part])
         y, weights, surprise = step(memory, weights, anchor, surprise, k[:, :, part], v[:, :, part], q[:, :, part], coef)
         ys.append(y)
-        start, seen = start + n, seen + n
+        seen += n
     y = torch.cat(ys, dim=2) if ys else q.new_zeros(*q.shape[:-1], v.shape[-1])
     return y, MemoryState(weights=weights, anchor=anchor, surprise=surprise, seen=seen, conv=state.conv)
