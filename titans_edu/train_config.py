@@ -1,0 +1,261 @@
+"""Training configuration: the paper's recipe as defaults, overridden from a config file or the command line.
+
+The recipe of the paper (§5; SPEC §4) is AdamW with lr 4e-4, weight decay 0.1, cosine decay and batches of
+0.5M tokens at context 4K. The full-size presets use exactly that. Where the paper is silent, the values
+below are our choices (CHOICE) and are options:
+
+    warmup          linear over the first ``warmup_steps`` (CHOICE: 1,000 steps at full size)
+    cosine floor    the cosine decays to ``min_lr_ratio * lr`` (CHOICE: 0.1)
+    betas           AdamW (0.9, 0.95) (CHOICE: common for language models of this size)
+    clipping        global gradient norm clipped at 1.0 (CHOICE)
+    steps           tokens / batch: 15B tokens for 170M-400M and 30B for 760M (§5), i.e. 28,610 and 57,220
+                    steps of 2^19 tokens
+
+The ``tiny`` preset is the CPU demo: the same recipe at a size that trains in minutes on two cores, with a
+larger learning rate (CHOICE: 2e-3; small models tolerate it and learn visibly in 300 steps).
+
+Any field is set on the command line as ``--field=value``; model options as ``--model.key=value`` (passed
+to ``build_model``); a JSON or TOML file with ``--config=path`` gives the same keys (``model`` as a table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .model_config import SIZES, VARIANTS
+PAPER_BATCH_TOKENS = 2**19  # "0.5M tokens" (§5)
+
+# Defaults that depend on the size: everything the recipe leaves as None is filled from here.
+RECIPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(lr=2e-3, max_steps=300, warmup_steps=30, micro_batch=8, batch_tokens=None, eval_every=50,
+                 eval_batches=4, threads=2),
+    "170m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, micro_batch=16, batch_tokens=PAPER_BATCH_TOKENS,
+                 eval_every=500, eval_batches=20),
+    "340m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, micro_batch=8, batch_tokens=PAPER_BATCH_TOKENS,
+                 eval_every=500, eval_batches=20),
+    "400m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, micro_batch=8, batch_tokens=PAPER_BATCH_TOKENS,
+                 eval_every=500, eval_batches=20),
+    "760m": dict(lr=4e-4, max_steps=57_220, warmup_steps=1_000, micro_batch=4, batch_tokens=PAPER_BATCH_TOKENS,
+                 eval_every=500, eval_batches=20),
+}
+FSDP_SIZES = ("400m", "760m")  # fsdp="auto" shards these when there is more than one process (CHOICE)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``None`` means "the preset's default" (see :data:`RECIPES` and the model's config)."""
+
+    # what to train
+    variant: str = "mac"
+    size: str = "tiny"
+    model: dict[str, Any] = field(default_factory=dict)  # overrides for build_model, e.g. {"dim": 64}
+    # data
+    data: str = "embedded"  # "embedded", a text file or folder, or a token folder from titans_edu.prepare
+    tokenizer: str | None = None  # "bytes" or a tokenizer.json; None: what a token folder names, else bytes
+    val_fraction: float = 0.05  # share of a text source held out for evaluation
+    # recipe (paper §5)
+    lr: float | None = None
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 turns clipping off
+    warmup_steps: int | None = None
+    max_steps: int | None = None
+    context: int | None = None  # tokens per training window; None: the model's context
+    micro_batch: int | None = None  # sequences per forward pass and process
+    batch_tokens: int | None = None  # tokens per optimizer step; reached by gradient accumulation
+    # hardware
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    dtype: str = "auto"  # "auto" (bfloat16 autocast on cuda, float32 on cpu), "float32", "bfloat16"
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block in the backward pass to save memory
+    fsdp: str = "auto"  # "auto" (shard the larger presets across processes), "on", "off"
+    threads: int | None = None  # torch CPU threads; fixed so that a resumed run is bitwise identical
+    seed: int = 0
+    # run, logging, checkpoints
+    out_dir: str | None = None  # None: runs/<variant>-<size> (or -2, -3, ... if that already holds a run)
+    resume: str = ""  # "latest" (the newest checkpoint in out_dir) or a checkpoint file; "" starts fresh
+    keep_last: int = 3
+    ckpt_every: int | None = None  # None: at every eval
+    eval_every: int | None = None
+    eval_batches: int | None = None
+    log_every: int = 10
+    sample_tokens: int = 200  # tokens generated at each eval and at the end (0: none)
+    sample_prompt: str = "The "
+    temperature: float = 0.8
+    metrics: str = "jsonl"  # "jsonl" or "csv"
+    tensorboard: bool = False  # also log to TensorBoard, if it is installed
+    progress: bool = True  # the tqdm progress bar
+    plot: bool = True  # write loss.png at each eval and at the end
+
+    def __post_init__(self) -> None:
+        _choose("variant", self.variant, VARIANTS)
+        _choose("size", self.size, SIZES)
+        _choose("dtype", self.dtype, ("auto", "float32", "bfloat16"))
+        _choose("fsdp", self.fsdp, ("auto", "on", "off"))
+        _choose("metrics", self.metrics, ("jsonl", "csv"))
+        if not isinstance(self.model, dict):
+            raise ValueError(f"model must be a dict of build_model overrides, got {type(self.model).__name__}")
+        for name in ("lr", "max_steps", "context", "micro_batch", "batch_tokens", "keep_last", "ckpt_every",
+                     "eval_every", "eval_batches", "log_every", "threads"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        for name in ("weight_decay", "grad_clip", "sample_tokens", "warmup_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        for name in ("min_lr_ratio", "beta1", "beta2"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    def with_recipe(self) -> "TrainConfig":
+        """A copy with every ``None`` recipe field filled from the size's row of :data:`RECIPES`."""
+        filled = {k: v for k, v in RECIPES[self.size].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **filled)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choose(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        near = difflib.get_close_matches(str(value).lower(), allowed, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"unknown {name} {value!r}: expected one of {', '.join(allowed)}.{hint}")
+
+
+def plan_accumulation(batch_tokens: int | None, micro_batch: int, context: int, world: int) -> int:
+    """Micro-batches each process accumulates per optimizer step so that a step sees ``batch_tokens`` tokens.
+
+    ``batch_tokens = micro_batch * context * world * accum``; ``None`` means one micro-batch per process.
+    """
+    if batch_tokens is None:
+        return 1
+    per_pass = micro_batch * context * world
+    if batch_tokens % per_pass:
+        raise ValueError(
+            f"batch_tokens={batch_tokens} is not a multiple of micro_batch * context * processes = "
+            f"{micro_batch} * {context} * {world} = {per_pass}. Choose micro_batch or batch_tokens so that it "
+            f"divides (e.g. --batch_tokens={max(1, round(batch_tokens / per_pass)) * per_pass})."
+        )
+    return batch_tokens // per_pass
+
+
+# --- reading a config from a file and the command line ---
+
+
+def _parse_value(text: str) -> Any:
+    """``"64" -> 64``, ``"1e-3" -> 0.001``, ``"true" -> True``, ``"none" -> None``; anything else stays a string."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    if path.suffix == ".toml":
+        import tomllib  # Python 3.11+
+
+        return tomllib.loads(path.read_text())
+    raise ValueError(f"config file {str(path)!r} must end in .json or .toml")
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _field_type(name: str) -> tuple[type, bool]:
+    """``(type, may be None)`` of a field, read from its annotation, e.g. ``"int | None" -> (int, True)``."""
+    annotation = {f.name: f.type for f in fields(TrainConfig)}[name]
+    return _TYPES[annotation.split("|")[0].strip()], "None" in annotation
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check a value from a file or the command line against the field's type (an int may stand for a float)."""
+    kind, optional = _field_type(name)
+    if value is None and optional:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():  # --batch_tokens=5e5
+        return int(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise ValueError(f"{name} must be {kind.__name__}{' or none' if optional else ''}, got {value!r}")
+
+
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    """Build a :class:`TrainConfig` from ``--config=file`` and ``--field=value`` / ``--model.key=value`` flags."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known = [f.name for f in fields(TrainConfig)]
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m titans_edu.train",
+        description="Train a Titans variant (or a baseline). With no arguments: the tiny MAC on the embedded "
+        "corpus, on the GPU if there is one.",
+        epilog="Model options: --model.KEY=VALUE is passed to build_model (e.g. --model.dim=64).",
+    )
+    parser.add_argument("--config", help="a .json or .toml file of the same keys")
+    for f in fields(TrainConfig):
+        if f.name == "model":
+            continue
+        default = getattr(defaults, f.name)
+        if f.name == "resume":
+            parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                                help="continue from the newest checkpoint in out_dir, or from the given file")
+        elif isinstance(default, bool):  # --compile, --compile=true, --compile=false
+            parser.add_argument(f"--{f.name}", nargs="?", const="true", default=None, help=f"(default: {default})")
+        else:
+            parser.add_argument(f"--{f.name}", type=str, default=None, help=f"(default: {default})")
+
+    model_args = [a for a in argv if a.startswith("--model.")]
+    args, unknown = parser.parse_known_args([a for a in argv if not a.startswith("--model.")])
+    if unknown:
+        flag = unknown[0].split("=")[0].lstrip("-")
+        near = difflib.get_close_matches(flag, known, n=1)
+        hint = f" Did you mean --{near[0]}?" if near else " See --help for the options."
+        raise ValueError(f"unknown option {unknown[0]!r}.{hint}")
+
+    values: dict[str, Any] = {}
+    if args.config:
+        values = read_config_file(args.config)
+        bad = [k for k in values if k not in known]
+        if bad:
+            raise ValueError(f"unknown keys {bad} in {args.config}; the keys are the options of --help")
+    for name in known:
+        text = getattr(args, name, None)
+        if text is not None:  # text fields keep the text as given; the others are parsed as Python literals
+            values[name] = text if _field_type(name)[0] is str else _parse_value(text)
+    model = dict(values.pop("model", {}))
+    for arg in model_args:
+        key, eq, text = arg[len("--model."):].partition("=")
+        if not eq or not key:
+            raise ValueError(f"model options are written --model.KEY=VALUE, got {arg!r}")
+        model[key] = _parse_value(text)
+    values = {name: _coerce(name, value) for name, value in values.items()}
+    return TrainConfig(model=model, **values)
+
