@@ -182,3 +182,12 @@ def test_flex_path_matches_dense_masks(float64):
     got = flex_attend(q, k, v, pos, pos, window=4, n_persistent=n_p, scale=d**-0.5, compiled=False)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(n, 4, n_p), scale=d**-0.5)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_plain_causal_shortcut_equals_the_explicit_mask(float64):
+    q, k, v = torch.randn(1, 2, 7, 4), torch.randn(1, 2, 7, 4), torch.randn(1, 2, 7, 4)
+    pos = torch.arange(7)
+    fast = attend(q, k, v, pos, pos, same_tokens=True)
+    masked = attend(q, k, v, pos, pos, same_tokens=False)
+    assert torch.allclose(fast, masked, atol=1e-12)
+    assert torch.allclose(masked, manual_attention(q, q, k, v, k[:, :, :0], v[:, :, :0], causal_mask(7)), atol=1e-12)

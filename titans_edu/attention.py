@@ -27,6 +27,7 @@ sequences, an optional FlexAttention path skips the blocks the mask hides (:func
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -35,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 Backend = Literal["auto", "sdpa", "flex"]
-FLEX_MIN_KEYS = 1024  # below this many keys a dense masked SDPA call is as fast as skipping blocks
+HAS_FLEX = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+FLEX_MIN_KEYS = 2048  # below this many keys a dense masked SDPA call costs about what skipping blocks saves
 
 
 # --- masks ---
@@ -163,11 +165,9 @@ def attention_backend(q: Tensor, n_keys: int, backend: Backend = "auto") -> str:
         raise ValueError(f"attention backend must be 'auto', 'sdpa' or 'flex', got {backend!r}")
     if backend == "sdpa" or (backend == "auto" and (not q.is_cuda or n_keys < FLEX_MIN_KEYS)):
         return "sdpa"
-    try:
-        import torch.nn.attention.flex_attention  # noqa: F401
-    except ImportError:
+    if not HAS_FLEX:
         if backend == "flex":
-            raise ValueError("backend='flex' needs torch.nn.attention.flex_attention (torch >= 2.5)") from None
+            raise ValueError("backend='flex' needs torch.nn.attention.flex_attention (torch >= 2.5); use 'sdpa'")
         return "sdpa"
     return "flex"
 
@@ -175,13 +175,18 @@ def attention_backend(q: Tensor, n_keys: int, backend: Backend = "auto") -> str:
 def attend(
     q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, window: int | None = None,
     persistent: tuple[Tensor, Tensor] | None = None, q_raw: Tensor | None = None, backend: Backend = "auto",
+    same_tokens: bool = False,
 ) -> Tensor:
     """Masked softmax attention. ``q (batch, heads, n, hd)`` at ``q_pos (n,)``; ``k, v (batch, heads, m, hd)``.
 
     ``persistent``: keys and values ``(batch, heads, N_p, hd)`` with no position, always visible, scored
-    against ``q_raw``, the query before RoPE. Returns ``(batch, heads, n, hd)``.
+    against ``q_raw``, the query before RoPE. ``same_tokens``: the keys are the queries' own tokens, in
+    order; with no window and no persistent keys the mask is then plain causal, and SDPA's ``is_causal``
+    (which can use a fused kernel) replaces the explicit mask. Returns ``(batch, heads, n, hd)``.
     """
     scale = q.shape[-1] ** -0.5
+    if same_tokens and window is None and persistent is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     n_persistent = 0
     if persistent is not None:
         k_p, v_p = persistent
@@ -258,5 +263,7 @@ class Attention(nn.Module):
         values = torch.cat([cache.values, v.to(cache.values.dtype)], dim=2)
         k_pos = torch.cat([cache.positions, k_pos])
         prefix = None if persistent is None else self.persistent_keys_values(persistent, batch)
-        y = attend(q, keys.to(q.dtype), values.to(q.dtype), positions, k_pos, window, prefix, q_raw, self.backend)
+        same_tokens = len(cache) == 0 and extra is None  # a shape, not a value: no sync, no recompile
+        y = attend(q, keys.to(q.dtype), values.to(q.dtype), positions, k_pos, window, prefix, q_raw, self.backend,
+                   same_tokens)
         return self.to_out(y.transpose(1, 2).flatten(2)), new_cache
