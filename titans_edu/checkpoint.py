@@ -99,7 +99,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # pickle, zip and torch errors all mean the same thing here
         older = [p.name for p in list_checkpoints(path.parent) if p != path]
         hint = f" Older checkpoints in that folder: {older}; pass one with --resume=PATH." if older else ""
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({err}).{hint}") from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({reason}); it is damaged or not a "
+                              f"titans_edu checkpoint.{hint}") from err
 
 
 # --- what goes into a checkpoint ---

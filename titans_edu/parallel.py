@@ -111,8 +111,9 @@ def wrap_model(model: nn.Module, runtime: Runtime, fsdp: bool = False, compile: 
             raise ValueError("FSDP shards a model across processes; start several with torchrun, or use --fsdp=off")
         from torch.distributed.fsdp import fully_shard
 
-        for block in blocks_of(model):
-            fully_shard(block)
+        # One FSDP unit for the whole model: parameters, gradients and optimizer state are sharded at rest and
+        # gathered for the forward and backward passes. (Per-block units would gather less at a time, but the
+        # models build every block's streaming state from its parameters before the blocks run.)
         fully_shard(model)
     elif runtime.distributed:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None

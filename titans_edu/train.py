@@ -66,15 +66,20 @@ def next_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
 
 @torch.no_grad()
 def evaluate(model: nn.Module, sampler: BatchSampler, batches: int, rt: Runtime) -> float:
-    """Mean validation loss over the same ``batches`` windows at every eval (they depend on the seed only)."""
+    """Mean validation loss over ``batches`` global batches of held-out windows.
+
+    They are the same windows at every eval (they depend on the seed only), and the same for any number of
+    processes: each process evaluates its share of every global batch, as in training.
+    """
     model.eval()
     total = torch.zeros((), device=rt.device)
     for i in range(batches):
-        x, y = sampler.batch(i, split="val", device=rt.device)
-        with rt.autocast_context():
-            total += next_token_loss(model, x, y)
+        for micro in range(sampler.accum):
+            x, y = sampler.batch(i, micro, split="val", device=rt.device)
+            with rt.autocast_context():
+                total += next_token_loss(model, x, y)
     model.train()
-    return mean_across_processes(total / batches, rt).item()
+    return mean_across_processes(total / (batches * sampler.accum), rt).item()
 
 
 def sample_text(model: nn.Module, tokenizer: Tokenizer, prompt: str, tokens: int, temperature: float, seed: int,
@@ -189,7 +194,7 @@ def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
             loss = mean_across_processes(loss, rt).item()
             if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
                 raise TrainingError(
-                    f"the loss became {loss} (gradient norm {float(grad_norm)}) at step {step}. Stopped without "
+                    f"the loss became {loss} (gradient norm {float(grad_norm)}) at step {step + 1}. Stopped without "
                     f"saving; the last good checkpoint is {ckpt.latest_checkpoint(folder / 'ckpt')}. Try a lower "
                     f"--lr, more --warmup_steps, or --dtype=float32."
                 )
@@ -198,7 +203,7 @@ def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
             optimizer.zero_grad(set_to_none=True)
         except torch.OutOfMemoryError as err:
             raise TrainingError(
-                f"out of memory at step {step} with micro_batch={cfg.micro_batch} x context={context}. Lower "
+                f"out of memory at step {step + 1} with micro_batch={cfg.micro_batch} x context={context}. Lower "
                 f"--micro_batch (accumulation keeps batch_tokens), add --activation_checkpointing, or shard with "
                 f"--fsdp=on. The last good checkpoint is {ckpt.latest_checkpoint(folder / 'ckpt')}."
             ) from err
@@ -226,6 +231,9 @@ def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
 def resume(cfg: TrainConfig, folder: Path, model: nn.Module, optimizer, scheduler) -> int:
     """Load model, optimizer, schedule and random states; return the step to continue from."""
     source = folder / "ckpt" if cfg.resume == "latest" else Path(cfg.resume)
+    if cfg.resume == "latest" and not ckpt.list_checkpoints(source):
+        raise ckpt.CheckpointError(f"--resume: no checkpoint in {source}, so nothing to resume. Start the run "
+                                   f"without --resume, or point --out_dir at the run to continue.")
     state = ckpt.load_checkpoint(source)
     saved = state["config"]
     changed = [k for k in RUN_KEYS if saved.get(k) != getattr(cfg, k)]

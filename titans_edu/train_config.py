@@ -37,13 +37,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     "tiny": dict(lr=2e-3, max_steps=300, warmup_steps=30, micro_batch=8, batch_tokens=None, eval_every=50,
                  eval_batches=4, threads=2),
     "170m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, micro_batch=16, batch_tokens=PAPER_BATCH_TOKENS,
-                 eval_every=500, eval_batches=20),
+                 eval_every=500, eval_batches=4),
     "340m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, micro_batch=8, batch_tokens=PAPER_BATCH_TOKENS,
-                 eval_every=500, eval_batches=20),
+                 eval_every=500, eval_batches=4),
     "400m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, micro_batch=8, batch_tokens=PAPER_BATCH_TOKENS,
-                 eval_every=500, eval_batches=20),
+                 eval_every=500, eval_batches=4),
     "760m": dict(lr=4e-4, max_steps=57_220, warmup_steps=1_000, micro_batch=4, batch_tokens=PAPER_BATCH_TOKENS,
-                 eval_every=500, eval_batches=20),
+                 eval_every=500, eval_batches=4),
 }
 FSDP_SIZES = ("400m", "760m")  # fsdp="auto" shards these when there is more than one process (CHOICE)
 
