@@ -20,6 +20,15 @@ CONFIG = dict(vocab_size=32, dim=16, heads=2, depth=1, segment=5, window=4, pers
 T = 13
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: one thread avoids the cost of synchronising two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def build(variant, **overrides):
     mixer = make_mixer(ModelConfig(variant=variant, **{**CONFIG, **overrides})).double()
     reference = copy.deepcopy(mixer)

@@ -15,6 +15,15 @@ SMALL = dict(vocab_size=32, dim=16, heads=2, depth=2, segment=5, window=4, persi
 SEQ = 13
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: one thread avoids the cost of synchronising two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small(variant, **overrides):
     config = {**SMALL, **overrides}
     if variant not in TITANS_VARIANTS:
@@ -171,6 +180,30 @@ def test_detached_state_cuts_the_graph_but_keeps_values():
     assert not w.requires_grad and torch.equal(w, state.layers[0].memory.weights[0])
     logits, _ = model(x, detached)
     logits.sum().backward()  # trains on the second piece only
+
+
+@pytest.mark.parametrize("variant", TITANS_VARIANTS)
+def test_fresh_tiny_model_stays_finite_over_its_whole_context(variant):
+    """The memory's step size at init must not make the inner loop diverge (see ``max_lr`` in model_config)."""
+    model = build_model(variant)
+    with torch.no_grad():
+        logits, state = model(torch.randint(0, 256, (1, model.config.context)))
+    assert torch.isfinite(logits).all()
+
+
+def test_a_few_training_steps_lower_the_loss_of_mac():
+    model = build_model("mac", "tiny", depth=1, segment=16)
+    data = torch.randint(0, 256, (1, 8)).repeat(2, 8)  # a repeated pattern: copying from context pays
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(10):
+        logits, _ = model(data[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(map(lambda v: v == v, losses)) and losses[-1] < 0.8 * losses[0]
 
 
 # --- presets and configs ---
