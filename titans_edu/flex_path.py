@@ -9,6 +9,7 @@ slowly, which is how its agreement with the dense path is tested.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 _compiled = {}
@@ -49,4 +50,9 @@ def flex_attend(
     block_mask = create_block_mask(mask_mod, None, None, n, m, device=q.device)
     compiled = q.is_cuda if compiled is None else compiled
     fn = _flex() if compiled else flex_attention
-    return fn(q, k, v, block_mask=block_mask, scale=scale)
+    # with persistent keys, q and k are [rotated | raw] (twice the head dim); values are padded to match,
+    # because not every FlexAttention kernel accepts a value head dim different from the query's
+    dv = v.shape[-1]
+    if dv != q.shape[-1]:
+        v = F.pad(v, (0, q.shape[-1] - dv))
+    return fn(q, k, v, block_mask=block_mask, scale=scale)[..., :dv]
