@@ -81,6 +81,16 @@ def test_switching_momentum_and_forgetting_off_fixes_their_gates():
     assert torch.all((theta > 0) & (theta < layer.config.max_lr))
 
 
+@pytest.mark.parametrize("chunk_size", [1, 16, 64])
+def test_a_fresh_layer_stays_finite_on_a_long_stream(chunk_size):
+    """The default step size (0.5 / chunk_size) keeps the inner loop from diverging at every chunk size."""
+    layer = NeuralMemory(MemoryConfig(dim=64, heads=2, chunk_size=chunk_size))
+    with torch.no_grad():
+        y, state = layer(torch.randn(2, 512, 64))
+    assert torch.isfinite(y).all()
+    assert max(w.abs().max().item() for w in state.weights) < 10.0
+
+
 def test_gates_start_with_little_forgetting():
     layer = NeuralMemory(MemoryConfig(dim=DIM, heads=2))
     _, eta, alpha = layer.gates(torch.randn(4, 50, DIM))

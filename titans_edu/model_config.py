@@ -15,11 +15,10 @@ paper gives totals, not shapes; CHOICE: the shapes below, with the number of blo
 each model lands within 10% of its nominal size. Parameter counts include the token embedding once (the
 output head shares its weights). CHOICE (SPEC §3): C = W = 512 at the paper's scale.
 
-CHOICE: the largest memory step ``max_lr`` (theta_t <= max_lr) defaults to ``0.5 / chunk_size``. Inside a
-chunk every token's gradient is taken at the same weights and the chunk's update sums them (Eqs. 16-18), so
-for similar keys one chunk acts like a single step ``chunk_size`` times larger: with RMS-normalised inputs and
-the default gates, ``max_lr = 0.1`` diverges at ``chunk_size = 16``, and ``0.02`` does at 64. Much smaller
-steps let forgetting pull a deep memory to all-zero weights, where its gradient vanishes.
+CHOICE: the largest memory step ``max_lr`` (theta_t <= max_lr) defaults to the memory's own default,
+``min(0.1, 0.5 / chunk_size)`` (see :mod:`titans_edu.neural_memory`): a chunk sums gradients taken at the same
+weights, so for similar keys it acts like one step ``chunk_size`` times larger. Much smaller steps let
+forgetting pull a deep memory to all-zero weights, where its gradient vanishes.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
-from .neural_memory import MemoryConfig
+from .neural_memory import MemoryConfig, default_max_lr
 
 VARIANTS = ("lmm", "mac", "mag", "mal", "transformer", "swa")
 TITANS_VARIANTS = ("lmm", "mac", "mag", "mal")
@@ -56,7 +55,7 @@ class ModelConfig:
     chunk_size: int = 16
     momentum: bool = True
     forgetting: bool = True
-    max_lr: float | None = None  # default 0.5 / chunk_size, see the module docstring
+    max_lr: float | None = None  # default min(0.1, 0.5 / chunk_size), see the module docstring
     conv_kernel: int = 4
     memory_impl: Literal["chunked", "naive"] = "chunked"
     rope_base: float = 10000.0
@@ -94,7 +93,7 @@ class ModelConfig:
         if self.memory_heads < 1 or self.dim % self.memory_heads:
             raise ValueError(f"memory_heads={self.memory_heads} must be >= 1 and divide dim={self.dim}")
         if self.max_lr is None:
-            self.max_lr = 0.5 / self.chunk_size
+            self.max_lr = default_max_lr(self.chunk_size)
         if self.mlp_hidden is None:
             self.mlp_hidden = 64 * math.ceil(8 * self.dim / 3 / 64)
         if self.mlp_hidden < 1:

@@ -11,6 +11,14 @@
 Gates (SPEC CHOICE): ``theta_t = max_lr * sigmoid(x_t w_theta + b_theta)``, ``eta_t = sigmoid(x_t w_eta +
 b_eta)``, ``alpha_t = sigmoid(x_t w_alpha + b_alpha)``. ``momentum=False`` fixes ``eta = 0`` and
 ``forgetting=False`` fixes ``alpha = 0``; with both off the rule is plain online gradient descent (Eq. 8).
+
+CHOICE: ``max_lr`` defaults to ``min(0.1, 0.5 / chunk_size)`` (:func:`default_max_lr`). After SiLU and l2-normalisation the keys are non-negative
+unit vectors, so the keys of one chunk point in similar directions; the chunk's update adds up ``b`` gradients
+taken at the same weights ``M_{t'}``, and along that shared direction it acts like one step of size ``b * theta``.
+A step that is safe online (``b = 1``) therefore overshoots and diverges at large ``b``: with the default gates,
+``max_lr = 0.1`` diverges at ``b = 16`` and ``0.02`` at ``b = 64``. Scaling the largest step by ``1 / b`` keeps
+a fresh layer stable at every chunk size; the cap of 0.1 covers small ``b``, where momentum (``eta ~ 0.73`` at
+init) multiplies the step by about ``1 / (1 - eta)``. The learned gate ``theta_t`` can still lower it per token.
 """
 
 from __future__ import annotations
@@ -28,6 +36,11 @@ from .naive import naive_memory
 from .state import MemoryState
 
 
+def default_max_lr(chunk_size: int) -> float:
+    """The largest memory step that keeps a fresh layer stable at this chunk size (see the module docstring)."""
+    return min(0.1, 0.5 / chunk_size)
+
+
 @dataclass
 class MemoryConfig:
     """Everything that shapes a :class:`NeuralMemory`. Validates itself on creation.
@@ -35,7 +48,7 @@ class MemoryConfig:
     ``dim``: model width. ``heads``: independent memories. ``head_dim``: width of q, k, v per head
     (default ``dim // heads``). ``depth``: L_M, memory layers (1 = linear). ``expansion``: hidden width of
     the memory MLP as a multiple of ``head_dim``. ``chunk_size``: b, tokens per chunk (1 = fully online).
-    ``max_lr``: the largest theta. ``conv_kernel``: width of the causal convolutions (0 = none).
+    ``max_lr``: the largest theta (default :func:`default_max_lr`, see above). ``conv_kernel``: width of the causal convolutions (0 = none).
     ``impl``: ``"chunked"`` (fast) or ``"naive"`` (the per-token reference; same results, slow).
     """
 
@@ -49,7 +62,7 @@ class MemoryConfig:
     chunk_size: int = 64
     momentum: bool = True
     forgetting: bool = True
-    max_lr: float = 0.1
+    max_lr: float | None = None  # default_max_lr(chunk_size)
     theta_bias: float = 0.0
     eta_bias: float = 1.0
     alpha_bias: float = -5.0  # sigmoid(-5) ~ 0.007: the memory starts with little forgetting
@@ -76,6 +89,8 @@ class MemoryConfig:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 (1 means fully online), got {self.chunk_size}")
+        if self.max_lr is None:
+            self.max_lr = default_max_lr(self.chunk_size)
         if not self.max_lr > 0:
             raise ValueError(f"max_lr must be > 0 (theta_t = max_lr * sigmoid(...)), got {self.max_lr}")
         if self.conv_kernel < 0:
