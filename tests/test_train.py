@@ -168,3 +168,21 @@ def test_activation_checkpointing_changes_memory_not_results(tmp_path):
     assert run(tmp_path / "ckpt", *flags, "--activation_checkpointing") == 0
     for (a, ga), (b, gb) in zip(losses(tmp_path / "plain").values(), losses(tmp_path / "ckpt").values()):
         assert a == pytest.approx(b, rel=1e-6) and ga == pytest.approx(gb, rel=1e-5)
+
+
+@pytest.mark.parametrize("size", ["170m", "340m", "400m", "760m"])
+def test_full_size_presets_follow_the_paper_recipe(size):
+    from titans_edu.model_config import NOMINAL_PARAMS, ModelConfig
+    from titans_edu.train_config import PAPER_BATCH_TOKENS, plan_accumulation
+
+    cfg = TrainConfig(size=size).with_recipe()
+    context = ModelConfig.preset("mac", size).context
+    assert (cfg.lr, cfg.weight_decay, context, cfg.batch_tokens) == (4e-4, 0.1, 4096, 2**19)  # §5: 0.5M tokens
+    budget = 30e9 if size == "760m" else 15e9  # §5: 15B tokens, 30B for the largest
+    assert cfg.max_steps * PAPER_BATCH_TOKENS == pytest.approx(budget, rel=1e-3)
+    for world in (1, 2, 4, 8):  # the global batch is kept on any usual number of GPUs
+        accum = plan_accumulation(cfg.batch_tokens, cfg.micro_batch, context, world)
+        assert accum * cfg.micro_batch * context * world == 2**19
+    with torch.device("meta"):  # count the parameters without allocating them
+        model = build_model("mac", size)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(NOMINAL_PARAMS[size], rel=0.1)

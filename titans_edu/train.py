@@ -222,7 +222,7 @@ def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
             save(step)
     bar.close()
     log.close()
-    say(f"done: {step} steps in {time.perf_counter() - start:.0f} s; train loss {first_loss} -> {last_loss}; "
+    say(f"done: {step} steps in {time.perf_counter() - start:.0f} s; train loss {first_loss:.3f} -> {last_loss:.3f}; "
         f"checkpoints, metrics and loss.png in {folder}")
     return {"folder": folder, "steps": step, "first_loss": first_loss, "last_loss": last_loss, "val_loss": val,
             "parameters": n_params}
