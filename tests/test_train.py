@@ -141,16 +141,23 @@ def test_bad_settings_exit_with_a_clear_message(tmp_path, capsys, flags, message
     assert re.search(message, capsys.readouterr().err, re.S)
 
 
-def test_config_file_and_csv_metrics(tmp_path):
+def test_config_file_and_csv_metrics(tmp_path, capsys):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"variant": "lmm", "max_steps": 2, "eval_every": 2, "eval_batches": 1,
                                   "metrics": "csv", "model": {"dim": 32, "depth": 1, "chunk_size": 8}}))
     cfg = config_from_args([f"--config={config}", "--max_steps=3"])  # the command line wins over the file
     assert (cfg.variant, cfg.max_steps, cfg.model["dim"], cfg.metrics) == ("lmm", 3, 32, "csv")
     flags = [f for f in SMALL if not f.startswith("--model.")]
-    assert main([f"--config={config}", f"--out_dir={tmp_path / 'run'}", *flags]) == 0
+    assert main([f"--config={config}", f"--out_dir={tmp_path / 'run'}", *flags, "--tensorboard"]) == 0
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert [int(r["step"]) for r in rows if "loss" in r] == [1, 2]
+    assert [int(r["step"]) for r in rows if "val_loss" in r] == [2]
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:  # optional: without it the run goes on and says why there is no TensorBoard log
+        assert "pip install tensorboard" in capsys.readouterr().out
+    else:
+        assert list((tmp_path / "run" / "tb").iterdir())
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine_to_the_floor():

@@ -108,7 +108,8 @@ def _is_token_folder(path: Path) -> bool:
     return path.suffix == ".bin" or path.is_dir() and any((path / n).exists() for n in ("meta.json", "train.bin"))
 
 
-def open_source(source: str, tokenizer: str | None = None, val_fraction: float = 0.05) -> tuple[TokenData, Tokenizer | None]:
+def open_source(source: str, tokenizer: str | None = None,
+                val_fraction: float = 0.05) -> tuple[TokenData, Tokenizer | None]:
     """The data of ``source`` and the tokenizer that reads and writes its ids.
 
     ``tokenizer`` None means: the one a token folder's ``meta.json`` names, else bytes. The tokenizer comes

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -63,7 +64,10 @@ def init_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
             dev = torch.device("cuda", local_rank if world > 1 else 0)
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
+        if dev.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=dev)
+        else:
+            dist.init_process_group(backend="gloo")
     if dtype == "auto":
         dtype = "bfloat16" if dev.type == "cuda" else "float32"
     if dtype == "bfloat16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -82,6 +86,15 @@ def mean_across_processes(value: torch.Tensor, runtime: Runtime) -> torch.Tensor
         value = value.detach().clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)  # SUM, not AVG: gloo has no AVG
         value /= runtime.world
+    return value
+
+
+def broadcast_from_main(value: Any, runtime: Runtime) -> Any:
+    """Rank 0's ``value`` in every process (any picklable object), so that all processes make one decision."""
+    if runtime.distributed:
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        value = holder[0]
     return value
 
 

@@ -106,7 +106,10 @@ def _write_splits(documents: Iterable[str], tok, dtype: type, tmp: dict[str, Pat
         for n_docs, doc in enumerate(documents, start=1):
             text = doc + "\n\n"
             raw = text.encode("utf-8")
-            ids = np.frombuffer(raw, np.uint8).astype(dtype) if tok.name == BYTES else np.asarray(tok.encode(text), dtype)
+            if tok.name == BYTES:
+                ids = np.frombuffer(raw, np.uint8).astype(dtype)
+            else:
+                ids = np.asarray(tok.encode(text), dtype)
             split = "val" if n_docs % val_every == 0 else "train"
             ids.tofile(files[split])
             counts[split] += len(ids)
@@ -143,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     if (args.source is None) == (args.hf is None):
         parser.error("give either a local SOURCE or --hf NAME (exactly one)")
     try:
-        docs = hf_documents(args.hf, args.hf_subset, args.hf_split, args.field) if args.hf else local_documents(args.source)
+        if args.hf:
+            docs = hf_documents(args.hf, args.hf_subset, args.hf_split, args.field)
+        else:
+            docs = local_documents(args.source)
         max_tokens = None if args.max_tokens is None else int(args.max_tokens)
         meta = prepare(docs, args.out, args.tokenizer, args.val_every, max_tokens, args.overwrite,
                        source=args.hf or args.source)

@@ -29,8 +29,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .data import BatchSampler, DataError, open_source
-from .parallel import Runtime, init_runtime, mean_across_processes, shutdown, unwrapped, wrap_model
+from .data import BatchSampler, open_source
+from .parallel import (Runtime, broadcast_from_main, init_runtime, mean_across_processes, shutdown, unwrapped,
+                       wrap_model)
 from .run_log import RunLog, bits_per_byte
 from .tokenizer import Tokenizer
 from .train_config import FSDP_SIZES, TrainConfig, config_from_args, plan_accumulation
@@ -127,7 +128,7 @@ def train(cfg: TrainConfig, build: ModelBuilder | None = None) -> dict:
 def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
     if cfg.threads is not None and rt.device.type == "cpu":
         torch.set_num_threads(cfg.threads)  # results on CPU are bitwise repeatable at a fixed thread count
-    folder = choose_run_folder(cfg)
+    folder = broadcast_from_main(choose_run_folder(cfg) if rt.is_main else None, rt)
     data, tokenizer = open_source(cfg.data, cfg.tokenizer, cfg.val_fraction)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
     model = build(cfg.variant, cfg.size, **{"vocab_size": data.vocab_size, **cfg.model})
@@ -222,8 +223,9 @@ def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
             save(step)
     bar.close()
     log.close()
-    say(f"done: {step} steps in {time.perf_counter() - start:.0f} s; train loss {first_loss:.3f} -> {last_loss:.3f}; "
-        f"checkpoints, metrics and loss.png in {folder}")
+    trained = f"; train loss {first_loss:.3f} -> {last_loss:.3f}" if first_loss is not None else ""
+    say(f"done: {step} steps in {time.perf_counter() - start:.0f} s{trained}; checkpoints, metrics and loss.png "
+        f"in {folder}")
     return {"folder": folder, "steps": step, "first_loss": first_loss, "last_loss": last_loss, "val_loss": val,
             "parameters": n_params}
 
