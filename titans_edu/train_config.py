@@ -11,6 +11,10 @@ below are our choices (CHOICE) and are options:
     steps           tokens / batch: 15B tokens for 170M-400M and 30B for 760M (§5), i.e. 28,610 and 57,220
                     steps of 2^19 tokens
 
+At full size the recipe recomputes each block's activations in the backward pass (CHOICE: on; notebook 11
+counts the memory: without it, one 4K-token sequence of the 760M MAC keeps about 70 GiB of activations in
+float32), and uses micro-batches that accumulate to 2^19 tokens on 1 to 8 GPUs.
+
 The ``tiny`` preset is the CPU demo: the same recipe at a size that trains in minutes on two cores, with a
 larger learning rate (CHOICE: 2e-3; small models tolerate it and learn visibly in 300 steps) and one CPU
 thread (CHOICE: its matrices are so small that a second thread gains little, and where the cores are shared
@@ -37,15 +41,15 @@ PAPER_BATCH_TOKENS = 2**19  # "0.5M tokens" (§5)
 # Defaults that depend on the size: everything the recipe leaves as None is filled from here.
 RECIPES: dict[str, dict[str, Any]] = {
     "tiny": dict(lr=2e-3, max_steps=300, warmup_steps=30, micro_batch=8, batch_tokens=None, eval_every=50,
-                 eval_batches=4, threads=1),
+                 eval_batches=4, threads=1, activation_checkpointing=False),
     "170m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, micro_batch=16, batch_tokens=PAPER_BATCH_TOKENS,
-                 eval_every=500, eval_batches=4),
+                 eval_every=500, eval_batches=4, activation_checkpointing=True),
     "340m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, micro_batch=8, batch_tokens=PAPER_BATCH_TOKENS,
-                 eval_every=500, eval_batches=4),
+                 eval_every=500, eval_batches=4, activation_checkpointing=True),
     "400m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, micro_batch=8, batch_tokens=PAPER_BATCH_TOKENS,
-                 eval_every=500, eval_batches=4),
+                 eval_every=500, eval_batches=4, activation_checkpointing=True),
     "760m": dict(lr=4e-4, max_steps=57_220, warmup_steps=1_000, micro_batch=4, batch_tokens=PAPER_BATCH_TOKENS,
-                 eval_every=500, eval_batches=4),
+                 eval_every=500, eval_batches=4, activation_checkpointing=True),
 }
 FSDP_SIZES = ("400m", "760m")  # fsdp="auto" shards these when there is more than one process (CHOICE)
 
@@ -78,7 +82,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"  # "auto" (bfloat16 autocast on cuda, float32 on cpu), "float32", "bfloat16"
     compile: bool = False  # torch.compile the model
-    activation_checkpointing: bool = False  # recompute each block in the backward pass to save memory
+    activation_checkpointing: bool | None = None  # recompute each block in the backward pass to save memory
     fsdp: str = "auto"  # "auto" (shard the larger presets across processes), "on", "off"
     threads: int | None = None  # torch CPU threads; fixed so that a resumed run is bitwise identical
     seed: int = 0
@@ -229,7 +233,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         if f.name == "resume":
             parser.add_argument("--resume", nargs="?", const="latest", default=None,
                                 help="continue from the newest checkpoint in out_dir, or from the given file")
-        elif isinstance(default, bool):  # --compile, --compile=true, --compile=false
+        elif _field_type(f.name)[0] is bool:  # --compile, --compile=true, --compile=false
             parser.add_argument(f"--{f.name}", nargs="?", const="true", default=None, help=f"(default: {default})")
         else:
             parser.add_argument(f"--{f.name}", type=str, default=None, help=f"(default: {default})")
