@@ -87,15 +87,24 @@ def _group_image(mask: Tensor, groups: Sequence[tuple[str, int]]) -> np.ndarray:
     return np.where(mask.numpy(), codes[None, :], 0)
 
 
-def _mark_groups(ax, groups: Sequence[tuple[str, int]]) -> None:
-    edge = 0
+def _mark_groups(ax, groups: Sequence[tuple[str, int]], every: int = 4) -> None:
+    """Separators between the kinds of key, the kind's name above the axes, ticks numbered within each kind."""
+    import matplotlib.transforms as mtransforms
+
+    above = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+    ticks, labels, edge = [], [], 0
     for kind, count in groups:
         if count and edge:
             ax.axvline(edge - 0.5, color="black", linewidth=0.8)
         if count:
-            ax.text(edge + count / 2 - 0.5, -1.0, kind, ha="center", va="bottom", color=GROUP_COLORS[kind],
-                    fontsize=9, fontweight="bold")
+            ax.text(edge + count / 2 - 0.5, 1.01, GROUP_NAMES[kind], transform=above, ha="center", va="bottom",
+                    color=GROUP_COLORS[kind], fontsize=9, fontweight="bold")
+            step = every if count > every else max(count, 1)
+            for j in range(0, count, step):
+                ticks.append(edge + j)
+                labels.append(f"{kind}{j + (1 if kind == 'p' else 0)}")
         edge += count
+    ax.set_xticks(ticks, labels, fontsize=7, rotation=90)
 
 
 def draw_masks(views: Sequence[MaskView], fig: Figure | None = None) -> Figure:
@@ -109,7 +118,7 @@ def draw_masks(views: Sequence[MaskView], fig: Figure | None = None) -> Figure:
         ax.imshow(_group_image(view.mask, view.groups), cmap=cmap, vmin=0, vmax=len(GROUP_COLORS),
                   interpolation="nearest")
         _mark_groups(ax, view.groups)
-        ax.set_title(view.title, fontsize=10, pad=16)
+        ax.set_title(view.title, fontsize=10, pad=18)
         ax.set_xlabel("key")
         ax.set_ylabel("query (token i)")
         ax.grid(False)
@@ -205,12 +214,15 @@ def draw_attention_map(weights: np.ndarray, groups: Sequence[tuple[str, int]], a
     """One attention map ``(queries, keys)`` with the key groups labelled; ``marked_rows`` get a tick mark."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    image = ax.imshow(weights, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("white")  # hidden keys (weight exactly 0) stay white, apart from visible keys with little weight
+    shown = np.ma.masked_where(weights == 0, weights)
+    image = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
     _mark_groups(ax, groups)
     for row in marked_rows:
         ax.plot(-0.9, row, marker=">", color="tab:green", markersize=5, clip_on=False)
     ax.set_xlim(-0.5, weights.shape[1] - 0.5)
-    ax.set_title(title, fontsize=10, pad=16)
+    ax.set_title(title, fontsize=10, pad=18)
     ax.set_xlabel("key")
     ax.set_ylabel("query")
     ax.grid(False)
@@ -405,7 +417,7 @@ def draw_mac_segment(trace: SegmentTrace, n_persistent: int, head: int = 0, sequ
     right.set_xlabel("share of the attention")
     right.set_ylabel("query (position in segment)")
     right.set_title("where each query looks")
-    right.legend(fontsize=8, loc="lower right")
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
     text = f"segment {trace.index}, head {head}: mean share " + ", ".join(
         f"{GROUP_NAMES[k]} {float(v.mean()):.2f}" for k, v in mass.items())
     return fig, text
