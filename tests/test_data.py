@@ -128,6 +128,8 @@ def _token_folder(path, ids, dtype="uint16", vocab=256, **meta):
 
 
 def test_corrupt_token_folders_raise_clear_errors(tmp_path):
+    wide = _token_folder(tmp_path / "wide", [0, 70_000, 99_999], dtype="uint32", vocab=100_000)
+    assert load_token_folder(wide).train.tolist() == [0, 70_000, 99_999]
     good = _token_folder(tmp_path / "good", range(100))
     assert len(load_token_folder(good).train) == 100
 
@@ -196,3 +198,32 @@ def test_a_global_batch_is_the_same_for_any_number_of_processes():
     single = torch.cat([one.batch(3, micro=m)[0] for m in range(2)])
     split = torch.cat([s.batch(3)[0] for s in two])
     assert torch.equal(single, split)
+
+
+def test_a_hugging_face_tokenizer_file_end_to_end(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from titans_edu.train import main
+
+    tok = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(), decoders.ByteLevel()
+    tok.train_from_iterator([embedded_corpus()], trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]"]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+
+    hf = load_tokenizer(str(tmp_path / "tokenizer.json"))
+    assert hf.vocab_size == 400 and hf.decode(hf.encode("def main():")).strip() == "def main():"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(embedded_corpus()[:60_000])
+    meta = prepare([corpus.read_text()], tmp_path / "tok", tokenizer=str(tmp_path / "tokenizer.json"))
+    assert meta["vocab_size"] == 400 and meta["bytes_per_token"] > 1.5  # merges: several bytes per token
+    data, tokenizer = open_source(str(tmp_path / "tok"))
+    assert tokenizer.vocab_size == data.vocab_size == 400
+    with pytest.raises(DataError, match="vocabulary mismatch"):
+        open_source(str(tmp_path / "tok"), tokenizer="bytes")
+    flags = ["--model.dim=32", "--model.depth=1", "--model.segment=16", "--model.window=16", "--model.chunk_size=8",
+             "--context=32", "--micro_batch=2", "--threads=1", "--progress=false", "--plot=false", "--max_steps=2",
+             "--eval_every=2", "--eval_batches=1", "--sample_tokens=5"]
+    assert main([f"--data={tmp_path / 'tok'}", f"--out_dir={tmp_path / 'run'}", *flags]) == 0
+    row = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert row["val_bpb"] < row["val_loss"] / np.log(2)  # bits per byte < bits per token: tokens span bytes
