@@ -46,22 +46,23 @@ class Oracle(nn.Module):
 
 def test_recall_stream_layout():
     s = gv.recall_stream(batch=5, n_pairs=3, gap=10, generator=1)
-    assert s.tokens.shape == (5, 8 * 3 + 10) and s.kind.shape == (34,)
+    assert s.tokens.shape == (5, 9 * 3 + 10) and s.kind.shape == (37,)
     assert s.kind.tolist()[:16] == [0] * 6 + [1] * 10
-    assert s.kind.tolist()[16:22] == [2, 2, 3, 3, 4, 4]
-    assert s.far.tolist() == [18, 24, 30] and s.near.tolist() == [20, 26, 32]
-    assert s.answers.tolist() == [18, 24, 30, 20, 26, 32]
+    assert s.kind.tolist()[16:23] == [2, 2, 3, 3, 1, 4, 4]
+    assert s.far.tolist() == [18, 25, 32] and s.near.tolist() == [21, 28, 35]
+    assert s.answers.tolist() == [18, 25, 32, 21, 28, 35]
     keys = s.tokens[:, s.kind.tolist().index(0) :: 1][:, :6:2]
     assert (keys < 16).all() and all(len(set(row.tolist())) == 3 for row in keys)  # distinct keys
     assert ((s.tokens[:, 6:16] >= 32) & (s.tokens[:, 6:16] < 48)).all()  # filler
     rows = torch.arange(5)[:, None]
-    # a far query repeats the pair at far_source; a near query repeats the pair four tokens earlier
+    # a far query repeats the pair at far_source; a near query repeats the pair five tokens earlier
     assert torch.equal(s.tokens[:, s.far], s.tokens[rows, s.far_source])
     assert torch.equal(s.tokens[:, s.far + 1], s.tokens[rows, s.far_source + 1])
-    assert torch.equal(s.tokens[:, s.near], s.tokens[:, s.near - 4])
-    assert torch.equal(s.tokens[:, s.near + 1], s.tokens[:, s.near - 3])
+    assert torch.equal(s.tokens[:, s.near], s.tokens[:, s.near - 5])
+    assert torch.equal(s.tokens[:, s.near + 1], s.tokens[:, s.near - 4])  # beyond a kernel-4 convolution
+    assert ((s.tokens[:, s.near - 1] >= 32) & (s.tokens[:, s.near - 1] < 48)).all()  # the spacer
     assert (s.tokens[:, s.far + 1] >= 16).all() and (s.tokens[:, s.far + 1] < 32).all()
-    assert s.far_distance == 10 + 3  # the last far pair, asked in the first round
+    assert s.far_distance == 10 + 3  # from the first far query back to the value of the last far pair
     # every sequence asks each far pair once
     assert all(sorted(row.tolist()) == [0, 2, 4] for row in s.far_source)
 
@@ -113,7 +114,7 @@ def test_gate_trace_catches_what_the_gate_combines(mag):
     logits, _ = mag(s.inputs)
     handle.remove()
     trace = gv.gate_trace(mag, s.inputs)
-    assert trace.gate.shape == trace.y.shape == trace.m.shape == trace.x.shape == (3, 39, 16)
+    assert trace.gate.shape == trace.y.shape == trace.m.shape == trace.x.shape == (3, 42, 16)
     assert ((trace.gate > 0) & (trace.gate < 1)).all()
     # o = RMSNorm_a(y) * gate is the mixer's output (Eq. 28 with the CHOICE)
     assert torch.allclose(mixer.gate.norm_y(trace.y) * trace.gate, outputs[0], atol=1e-12)

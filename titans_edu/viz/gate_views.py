@@ -2,13 +2,15 @@
 
 A small key-value recall task where some answers lie beyond the attention window and others inside it:
 
-    k1 v1 k2 v2 k3 v3 | filler x gap | [k' v'  k_i v_i  k' v']  x n_pairs rounds
-    far pairs           longer than W   new     far      near
-                                        pair    query    query
+    k1 v1 k2 v2 k3 v3 | filler x gap | [k' v'  k_i v_i  .  k' v']  x n_pairs rounds
+    far pairs           longer than W   new     far         near
+                                        pair    query       query
 
-A *far query* repeats one of the first pairs, ``gap + 3`` or more tokens later: beyond a window of
-``W <= gap + 3`` only the long-term memory can hold it. A *near query* repeats the pair shown four tokens
-earlier: local attention sees it. The model is scored at the key of each query, where it must predict the value.
+A *far query* repeats one of the first pairs, at least ``gap + 3`` tokens after its value: with a window
+``W <= gap + 3`` only the long-term memory can hold it. A *near query* repeats the pair of its round, whose value
+is four tokens back: local attention with ``W > 4`` sees it, while the memory's causal convolution (kernel 4,
+tokens t-3..t) does not, so the memory can only answer it from what it stored. The model is scored at the key
+of each query, where it must predict the value.
 
 Glossary (paper symbol -> code name):
 
@@ -91,7 +93,7 @@ class RecallStream:
 
 def recall_stream(batch: int = 32, n_pairs: int = 3, gap: int = 16,
                   generator: torch.Generator | int = 0) -> RecallStream:
-    """Random streams of the layout above: ``8 * n_pairs + gap`` tokens each (see the module docstring).
+    """Random streams of the layout above: ``9 * n_pairs + gap`` tokens each (see the module docstring).
 
     ``generator``: a ``torch.Generator`` (a training loop draws fresh batches from it) or a seed.
     Each sequence has its own keys (distinct), values, filler and query order.
@@ -110,14 +112,14 @@ def recall_stream(batch: int = 32, n_pairs: int = 3, gap: int = 16,
         return torch.stack([k, v], -1).flatten(1)
 
     parts, kind = [pair(far_k, far_v), filler], [0] * 2 * n_pairs + [1] * gap
+    spacer = N_KEYS + N_VALUES + torch.randint(N_FILLER, (batch, n_pairs), generator=gen)
     for r in range(n_pairs):
         asked = order[:, r : r + 1]
         new = pair(near_k[:, r : r + 1], near_v[:, r : r + 1])
-        parts += [new, pair(far_k.gather(1, asked), far_v.gather(1, asked)), new]
-        kind += [2, 2, 3, 3, 4, 4]
-    start = 2 * n_pairs + gap
-    far = start + 2 + 6 * torch.arange(n_pairs)
-    return RecallStream(torch.cat(parts, 1), torch.tensor(kind), far, far + 2, 2 * order)
+        parts += [new, pair(far_k.gather(1, asked), far_v.gather(1, asked)), spacer[:, r : r + 1], new]
+        kind += [2, 2, 3, 3, 1, 4, 4]
+    far = 2 * n_pairs + gap + 2 + 7 * torch.arange(n_pairs)
+    return RecallStream(torch.cat(parts, 1), torch.tensor(kind), far, far + 3, 2 * order)
 
 
 def recall_loss(model: nn.Module, stream: RecallStream) -> Tensor:
@@ -290,7 +292,7 @@ def draw_gates(trace: GateTrace, stream: RecallStream, sample: int = 0) -> Figur
     Right: at far and at near query keys, the average gate for each answer value minus the average over all
     those queries (:func:`gate_by_answer`): rows that differ mean the gate tells the answers apart."""
     fig = plt.figure(figsize=(12, 4.8))
-    grid = fig.add_gridspec(2, 3, height_ratios=[1, 14], width_ratios=[2.3, 1, 1], hspace=0.06, wspace=0.35,
+    grid = fig.add_gridspec(2, 3, height_ratios=[1, 14], width_ratios=[2.3, 1, 1], hspace=0.06, wspace=0.55,
                             left=0.06, right=0.92, top=0.86, bottom=0.2)
     strip, heat = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[1, 0])
     _kind_strip(strip, stream.kind[: trace.gate.shape[1]])
@@ -329,7 +331,7 @@ def draw_ablation(results: dict[str, dict[str, float]], chance: float = 1 / N_VA
         bars = ax.bar(x + offset, values, 0.38, color=color, label=f"{which} queries")
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.axhline(chance, color="k", ls=":", lw=1, label=f"chance (1/{N_VALUES})")
-    ax.set(xticks=x, xticklabels=names, ylabel="accuracy", ylim=(0, 1.12))
+    ax.set(xticks=x, xticklabels=names, ylabel="accuracy", ylim=(0, 1.32), yticks=np.linspace(0, 1, 6))
     ax.legend(fontsize=8, ncol=3, loc="upper center")
     fig.tight_layout()
     return fig
