@@ -214,8 +214,8 @@ def draw_attention_map(weights: np.ndarray, groups: Sequence[tuple[str, int]], a
     """One attention map ``(queries, keys)`` with the key groups labelled; ``marked_rows`` get a tick mark."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("white")  # hidden keys (weight exactly 0) stay white, apart from visible keys with little weight
+    # hidden keys (weight exactly 0) stay white, apart from visible keys with little weight
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
     shown = np.ma.masked_where(weights == 0, weights)
     image = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
     _mark_groups(ax, groups)
