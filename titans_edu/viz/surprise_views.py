@@ -181,6 +181,13 @@ def _event_stream() -> FactStream:
     return event_stream(length=240, dim=32, n_familiar=4, events=(60, 110, 160, 200), n_noise=12, seed=0)
 
 
+@lru_cache(maxsize=8)
+def _surprise_trace(theta: float, gate: float) -> Trace:
+    stream = _event_stream()
+    return trace_memory(empty_linear_memory(stream.dim), stream, theta_gate(stream.feature, 2 * theta, gate),
+                        keep_weights=True)
+
+
 def draw_surprise(theta: float = 0.25, gate: float = 0.0, t: int = 160, fig: Figure | None = None,
                   stream: FactStream | None = None) -> tuple[Figure, str]:
     """Write an :func:`event_stream` into an empty linear memory with ``theta_t = 2 theta sigmoid(gate s_t)``.
@@ -195,8 +202,11 @@ def draw_surprise(theta: float = 0.25, gate: float = 0.0, t: int = 160, fig: Fig
     stream = stream or _event_stream()
     if not 0 <= t < stream.length:
         raise ValueError(f"t must be a token index in [0, {stream.length}), got {t}")
-    thetas = theta_gate(stream.feature, 2 * theta, gate)
-    trace = trace_memory(empty_linear_memory(stream.dim), stream, thetas, keep_weights=True)
+    if stream is _event_stream():
+        trace = _surprise_trace(float(theta), float(gate))
+    else:
+        thetas = theta_gate(stream.feature, 2 * theta, gate)
+        trace = trace_memory(empty_linear_memory(stream.dim), stream, thetas, keep_weights=True)
     steps = np.arange(stream.length)
     fig = fig or plt.figure(figsize=(11, 6.2))
     fig.clear()
