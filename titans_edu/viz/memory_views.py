@@ -157,8 +157,9 @@ def fit_memory(memory: MLPMemory, keys: Tensor, values: Tensor, steps: int, thet
         M = M + S                                                  Eq. 14 with alpha = 0
 
     Starts from the memory's ``M_0``. Returns the final weights and ``[(step, mean recall error), ...]``.
-    Stops early once the recorded error is below ``tol``: the pairs are stored, and further steps would only
-    push the weights' updates into tiny (denormal) numbers that are slow on a CPU.
+    Stops early once the recorded error is below ``tol`` (the pairs are stored) or has stopped changing (the
+    memory has converged): further steps would only push the updates into tiny (denormal) numbers, which are
+    very slow on a CPU.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -170,7 +171,8 @@ def fit_memory(memory: MLPMemory, keys: Tensor, values: Tensor, steps: int, thet
         for step in range(steps + 1):
             if step % record_every == 0 or step == steps:
                 history.append((step, recall_error(memory, weights, keys, values).mean().item()))
-                if step == steps or history[-1][1] < tol:
+                stalled = len(history) > 1 and abs(history[-2][1] - history[-1][1]) < tol * 1e-2
+                if step == steps or history[-1][1] < tol or stalled:
                     break
             grad = memory.gradient(weights, keys, values)
             surprise = tuple(eta * s - theta * g / n for s, g in zip(surprise, grad))
@@ -206,7 +208,7 @@ def draw_linear_memory(theta: float, n_pairs: int, dim_key: int = 16, seed: int 
     left.plot(steps, best, "k--", label="best possible linear memory")
     left.axvline(dim_key, color="gray", lw=1, ls=":")
     left.text(dim_key, 1.02, f" N = d_k = {dim_key}", color="gray", va="bottom", fontsize=9)
-    left.set(xlabel="pairs written so far, t", ylabel="mean recall error", ylim=(-0.03, 1.1 if theta <= 1 else None),
+    left.set(xlabel="pairs written so far, t", ylabel="mean recall error", ylim=(-0.03, max(1.1, 1.05 * max(stream))),
              title=f"Recall of pairs 1..t, theta = {theta:.2f}")
     left.legend(loc="lower right", fontsize=8)
     limit = max(float(history[-1][0].abs().max()), 1e-6)
