@@ -195,6 +195,8 @@ def test_draw_gates_and_ablation_figures(mag):
     fig = gv.draw_ablation(results)
     heights = [round(bar.get_height(), 2) for bar in fig.axes[0].patches]
     assert heights == [0.5, 0.06, 0.9, 0.8]
+    fig, (left, right) = plt.subplots(1, 2)
+    assert gv.draw_ablation(results, ax=right) is fig and len(right.patches) == 4 and not left.patches
 
 
 def test_draw_position_reads_out_the_position_and_the_ablation(mag):

@@ -45,8 +45,8 @@ from ..mag import MAGMixer
 
 __all__ = [
     "KINDS", "VOCAB_SIZE", "GateTrace", "RecallStream", "attention_weights", "branch_ablation", "draw_ablation",
-    "draw_gates", "draw_position", "draw_visibility", "gate_trace", "position_explorer", "recall_scores",
-    "recall_stream", "train_recall", "visibility_explorer",
+    "draw_gates", "draw_position", "draw_visibility", "gate_by_answer", "gate_trace", "position_explorer",
+    "recall_loss", "recall_scores", "recall_stream", "train_recall", "visibility_explorer", "visibility_masks",
 ]
 
 N_KEYS, N_VALUES, N_FILLER = 16, 16, 16
@@ -321,9 +321,14 @@ def draw_gates(trace: GateTrace, stream: RecallStream, sample: int = 0) -> Figur
     return fig
 
 
-def draw_ablation(results: dict[str, dict[str, float]], chance: float = 1 / N_VALUES) -> Figure:
-    """Grouped bars: far and near accuracy for each entry of ``results`` (name -> :func:`recall_scores`)."""
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+def draw_ablation(results: dict[str, dict[str, float]], chance: float = 1 / N_VALUES,
+                  ax: plt.Axes | None = None) -> Figure:
+    """Grouped bars: far and near accuracy for each entry of ``results`` (name -> :func:`recall_scores`), on
+    ``ax`` or a new figure."""
+    own = ax is None
+    if own:
+        _, ax = plt.subplots(figsize=(7, 3.2))
+    fig = ax.figure
     names = list(results)
     x = np.arange(len(names))
     for offset, which, color in ((-0.2, "far", KIND_COLORS[3]), (0.2, "near", KIND_COLORS[4])):
@@ -333,7 +338,8 @@ def draw_ablation(results: dict[str, dict[str, float]], chance: float = 1 / N_VA
     ax.axhline(chance, color="k", ls=":", lw=1, label=f"chance (1/{N_VALUES})")
     ax.set(xticks=x, xticklabels=names, ylabel="accuracy", ylim=(0, 1.32), yticks=np.linspace(0, 1, 6))
     ax.legend(fontsize=8, ncol=3, loc="upper center")
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig
 
 
