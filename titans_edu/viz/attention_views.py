@@ -412,7 +412,7 @@ def draw_mac_segment(trace: SegmentTrace, n_persistent: int, head: int = 0, sequ
     for kind, share in mass.items():
         right.barh(rows, share, left=bottom, color=GROUP_COLORS[kind], label=GROUP_NAMES[kind])
         bottom += share
-    right.invert_yaxis()
+    right.set_ylim(w.shape[0] - 0.5, -0.5)  # query 0 on top, as in the map
     right.set_xlim(0, 1)
     right.set_xlabel("share of the attention")
     right.set_ylabel("query (position in segment)")
