@@ -20,7 +20,8 @@ plus a thin function that wires ipywidgets sliders to it (``*_explorer``).
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -40,11 +41,27 @@ __all__ = [
     "equal_budget_expansion",
     "fit_memory",
     "linear_memory_explorer",
+    "one_thread",
     "parameter_count",
     "random_pairs",
     "recall_error",
     "write_stream",
 ]
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run tiny-tensor loops on one thread, then restore the thread count.
+
+    The memories here are a few hundred numbers; splitting such matmuls across threads costs more in
+    synchronisation than it saves (several times slower on a busy 2-core machine). Results do not change.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --- data and measurement -------------------------------------------------------------------------------
@@ -138,7 +155,7 @@ def write_stream(memory: MLPMemory, keys: Tensor, values: Tensor, theta: float, 
     weights = tuple(w.detach().clone() for w in weights)
     surprise = tuple(torch.zeros_like(w) for w in weights)
     history = []
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         for t in range(keys.shape[2]):
             grad = memory.gradient(weights, keys[:, :, t : t + 1], values[:, :, t : t + 1])
             surprise = tuple(eta * s - theta * g for s, g in zip(surprise, grad))
@@ -167,7 +184,7 @@ def fit_memory(memory: MLPMemory, keys: Tensor, values: Tensor, steps: int, thet
     weights = tuple(w.detach().clone() for w in memory.initial_weights(keys.shape[0]))
     surprise = tuple(torch.zeros_like(w) for w in weights)
     history = []
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         for step in range(steps + 1):
             if step % record_every == 0 or step == steps:
                 history.append((step, recall_error(memory, weights, keys, values).mean().item()))
@@ -264,7 +281,7 @@ def draw_deep_memory(depth: int, n_pairs: int, width: str = "4 x d_k", dim_key: 
                      seed: int = 0, fig: Figure | None = None) -> tuple[Figure, str]:
     """Fit ``n_pairs`` random pairs into a memory of depth ``L_M`` by :func:`fit_memory`, and a linear one too.
 
-    ``width``: ``"4 x d_k"`` (hidden = 4 d_k, the default of the paper's code and of titans_edu) or
+    ``width``: ``"4 x d_k"`` (hidden = 4 d_k, titans_edu's default; a CHOICE, the paper does not fix it) or
     ``"equal to linear"`` (hidden chosen so the MLP has no more parameters than the linear memory).
     Left: recall error against inner steps. Right: recalled against stored value coordinates.
     """
