@@ -117,7 +117,7 @@ def test_sink_example_turns_the_head_down():
 
 def test_sink_explorer_readout_follows_the_slider():
     box = av.sink_explorer(0.0)
-    box.slider.value = 6.0
+    box.sliders["sink_score"].value = 6.0
     text = box.render()
     assert text == av.draw_sink_example(6.0)[1] and f"{av.sink_example(6.0).output_norm:.3f}" in text
 

@@ -134,10 +134,38 @@ def visible_keys(view: MaskView) -> dict[str, int]:
     return counts
 
 
-def mask_explorer(n: int = 24, window: int = 6, segment: int = 8, n_persistent: int = 3):
-    """Sliders for ``n``, ``W``, ``C`` and ``N_p`` wired to :func:`figure3_masks` and :func:`draw_masks`."""
+def _explorer(controls: dict, draw):
+    """Wire ``controls`` (name -> slider) to ``draw(**values) -> (figure, readout, result)``.
+
+    Returns an ``ipywidgets.VBox`` whose ``render()`` redraws from the current slider values and returns
+    ``result``; ``sliders`` and ``readout`` are kept on the box for tests.
+    """
     import ipywidgets as widgets
     from IPython.display import display
+
+    readout, out = widgets.HTML(), widgets.Output()
+
+    def render():
+        fig, text, result = draw(**{name: c.value for name, c in controls.items()})
+        readout.value = f"<b>{text}</b>"
+        with out:
+            out.clear_output(wait=True)
+            display(fig)
+        plt.close(fig)
+        return result
+
+    for control in controls.values():
+        control.observe(lambda _change: render(), names="value")
+    box = widgets.VBox([widgets.HBox(list(controls.values())), readout, out])
+    box.sliders, box.readout, box.render = controls, readout, render
+    render()
+    return box
+
+
+def mask_explorer(n: int = 24, window: int = 6, segment: int = 8, n_persistent: int = 3):
+    """Sliders for ``n``, ``W``, ``C`` and ``N_p`` wired to :func:`figure3_masks` and :func:`draw_masks`;
+    ``render()`` returns the :class:`MaskView` list it drew."""
+    import ipywidgets as widgets
 
     style = {"description_width": "initial"}
     sliders = {
@@ -146,25 +174,14 @@ def mask_explorer(n: int = 24, window: int = 6, segment: int = 8, n_persistent: 
         "segment": widgets.IntSlider(value=segment, min=1, max=24, description="segment C", style=style),
         "n_persistent": widgets.IntSlider(value=n_persistent, min=0, max=8, description="N_p", style=style),
     }
-    readout, out = widgets.HTML(), widgets.Output()
 
-    def render() -> list[MaskView]:
-        views = figure3_masks(**{name: s.value for name, s in sliders.items()})
-        readout.value = "<b>most keys one query sees:</b> " + "; ".join(
+    def draw(**values):
+        views = figure3_masks(**values)
+        text = "most keys one query sees: " + "; ".join(
             f"{v.title.split(' (')[0]}: " + ", ".join(f"{k} {c}" for k, c in visible_keys(v).items()) for v in views)
-        fig = draw_masks(views)
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-        plt.close(fig)
-        return views
+        return draw_masks(views), text, views
 
-    for s in sliders.values():
-        s.observe(lambda _change: render(), names="value")
-    box = widgets.VBox([widgets.HBox(list(sliders.values())), readout, out])
-    box.sliders, box.readout, box.render = sliders, readout, render
-    render()
-    return box
+    return _explorer(sliders, draw)
 
 
 # --- attention weights in the open (notebooks 07 and 08) -------------------------------------------------
@@ -279,27 +296,16 @@ def draw_sink_example(sink_score: float, fig: Figure | None = None) -> tuple[Fig
 
 
 def sink_explorer(sink_score: float = 0.0):
-    """A slider for the sink score wired to :func:`draw_sink_example`."""
+    """A slider for the sink score wired to :func:`draw_sink_example`; ``render()`` returns the readout."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     slider = widgets.FloatSlider(value=sink_score, min=-4.0, max=8.0, step=0.5, description="sink score")
-    readout, out = widgets.HTML(), widgets.Output()
 
-    def render() -> str:
-        fig, text = draw_sink_example(slider.value)
-        readout.value = f"<b>{text}</b>"
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-        plt.close(fig)
-        return text
+    def draw(sink_score):
+        fig, text = draw_sink_example(sink_score)
+        return fig, text, text
 
-    slider.observe(lambda _change: render(), names="value")
-    box = widgets.VBox([slider, readout, out])
-    box.slider, box.readout, box.render = slider, readout, render
-    render()
-    return box
+    return _explorer({"sink_score": slider}, draw)
 
 
 class SinkProbe(nn.Module):
@@ -405,8 +411,9 @@ def draw_mac_segment(trace: SegmentTrace, n_persistent: int, head: int = 0, sequ
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})
     groups = trace.groups(n_persistent)
     w = trace.weights[sequence, head].double()
+    last = trace.start + w.shape[0] - 1
     draw_attention_map(w.numpy(), groups, ax=left, marked_rows=marked_rows,
-                       title=f"segment {trace.index} (tokens {trace.start}-{trace.start + w.shape[0] - 1}), head {head}")
+                       title=f"segment {trace.index} (tokens {trace.start}-{last}), head {head}")
     mass = {k: v.numpy() for k, v in group_mass(w, groups).items()}
     bottom, rows = np.zeros(w.shape[0]), np.arange(w.shape[0])
     for kind, share in mass.items():
@@ -423,11 +430,11 @@ def draw_mac_segment(trace: SegmentTrace, n_persistent: int, head: int = 0, sequ
     return fig, text
 
 
-def mac_explorer(traces: Sequence[SegmentTrace], n_persistent: int, heads: int, marked: dict[int, list[int]] | None = None):
-    """A segment slider and a head slider wired to :func:`draw_mac_segment`. ``marked``: rows to flag per
-    segment index (for example the positions of the queries)."""
+def mac_explorer(traces: Sequence[SegmentTrace], n_persistent: int, heads: int,
+                 marked: dict[int, list[int]] | None = None):
+    """A segment slider and a head slider wired to :func:`draw_mac_segment`; ``render()`` returns the readout.
+    ``marked``: rows to flag per segment index (for example the positions of the queries)."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     marked = marked or {}
     style = {"description_width": "initial"}
@@ -436,24 +443,12 @@ def mac_explorer(traces: Sequence[SegmentTrace], n_persistent: int, heads: int, 
                                      style=style),
         "head": widgets.IntSlider(value=0, min=0, max=heads - 1, description="head", style=style),
     }
-    readout, out = widgets.HTML(), widgets.Output()
 
-    def render() -> str:
-        t = sliders["segment"].value
-        fig, text = draw_mac_segment(traces[t], n_persistent, sliders["head"].value, marked_rows=marked.get(t, ()))
-        readout.value = f"<b>{text}</b>"
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-        plt.close(fig)
-        return text
+    def draw(segment, head):
+        fig, text = draw_mac_segment(traces[segment], n_persistent, head, marked_rows=marked.get(segment, ()))
+        return fig, text, text
 
-    for s in sliders.values():
-        s.observe(lambda _change: render(), names="value")
-    box = widgets.VBox([widgets.HBox(list(sliders.values())), readout, out])
-    box.sliders, box.readout, box.render = sliders, readout, render
-    render()
-    return box
+    return _explorer(sliders, draw)
 
 
 def draw_histories(histories: dict, chance: float, fig: Figure | None = None) -> Figure:
