@@ -53,6 +53,16 @@ def test_bad_pair_requests_raise_with_a_fix(kwargs, words):
         mv.random_pairs(**kwargs)
 
 
+def test_mismatched_pairs_raise_with_the_expected_shapes():
+    memory = MLPMemory(4, depth=1)
+    keys, values = mv.random_pairs(5, 4)
+    expected = r"expected keys \(batch, heads, n, d_k\).*got keys \(1, 1, 5, 4\) and values \(1, 1, 3, 4\)"
+    with pytest.raises(ValueError, match=expected):
+        mv.write_stream(memory, keys, values[:, :, :3], theta=0.5)
+    with pytest.raises(ValueError, match="k\\[None, None, None\\]"):
+        mv.recall_error(memory, memory.initial_weights(1), keys[0, 0, 0], values[0, 0, 0])
+
+
 def test_recall_error_is_zero_for_a_perfect_memory_and_one_for_an_empty_one():
     keys, values = mv.random_pairs(4, 4, one_hot=True)
     memory = MLPMemory(4, depth=1)

@@ -35,6 +35,7 @@ Weights = tuple[Tensor, ...]
 
 __all__ = [
     "best_linear_error",
+    "check_pairs",
     "deep_memory_explorer",
     "draw_deep_memory",
     "draw_linear_memory",
@@ -95,8 +96,19 @@ def random_pairs(n_pairs: int, dim_key: int, dim_value: int | None = None, batch
     return keys, values
 
 
+def check_pairs(keys: Tensor, values: Tensor) -> None:
+    """Raise a ``ValueError`` unless ``keys`` ``(batch, heads, n, d_k)`` and ``values`` ``(batch, heads, n, d_v)`` match."""
+    if keys.dim() != 4 or values.dim() != 4 or keys.shape[:3] != values.shape[:3]:
+        raise ValueError(
+            f"expected keys (batch, heads, n, d_k) and values (batch, heads, n, d_v) with the same batch, heads "
+            f"and n; got keys {tuple(keys.shape)} and values {tuple(values.shape)}. random_pairs(...) makes such "
+            f"a pair; for a single key k of shape (d_k,) use k[None, None, None]."
+        )
+
+
 def recall_error(memory: MLPMemory, weights: Sequence[Tensor], keys: Tensor, values: Tensor) -> Tensor:
     """Per-pair relative recall error ``||M(k_i) - v_i||^2 / ||v_i||^2``: ``(batch, 1, n)``."""
+    check_pairs(keys, values)
     prediction = memory(weights, keys)
     return (prediction - values).pow(2).sum(-1) / values.pow(2).sum(-1)
 
@@ -107,6 +119,7 @@ def best_linear_error(keys: Tensor, values: Tensor) -> Tensor:
     The least-squares solution is the lowest error any linear memory can reach, however it is written.
     Shapes ``(batch, 1, n, d_k)``, ``(batch, 1, n, d_v)`` -> ``(batch,)``.
     """
+    check_pairs(keys, values)
     best = torch.linalg.lstsq(keys.double(), values.double(), driver="gelsd").solution.to(keys.dtype)
     residual = (keys @ best - values).pow(2).sum(-1) / values.pow(2).sum(-1)
     return residual.mean(dim=(1, 2))
@@ -150,6 +163,7 @@ def write_stream(memory: MLPMemory, keys: Tensor, values: Tensor, theta: float, 
     It is :func:`titans_edu.naive.naive_memory` written for constant gates, keeping every ``M_t``.
     ``weights`` defaults to the memory's ``M_0``.
     """
+    check_pairs(keys, values)
     if weights is None:
         weights = memory.initial_weights(keys.shape[0])
     weights = tuple(w.detach().clone() for w in weights)
@@ -178,6 +192,7 @@ def fit_memory(memory: MLPMemory, keys: Tensor, values: Tensor, steps: int, thet
     memory has converged): further steps would only push the updates into tiny (denormal) numbers, which are
     very slow on a CPU.
     """
+    check_pairs(keys, values)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     n = keys.shape[2]
