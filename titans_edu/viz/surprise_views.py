@@ -403,8 +403,7 @@ def draw_forgetting(theta: float = 0.05, eta: float = 0.8, alpha: float = 0.0, a
     phases = np.arange(1, n_phases + 1)
     c.bar(phases, final, color="tab:purple", alpha=0.8, label="this setting")
     c.step(phases, final_keep, where="mid", color="0.4", label="no forgetting")
-    c.axhline(1.0, color="black", ls=":", lw=1)
-    c.text(0.6, 1.03, "empty memory", fontsize=8)
+    c.axhline(1.0, color="black", ls=":", lw=1, label="empty memory")
     c.set(xlabel="phase (10 = the current one)", ylabel="recall error at the end", ylim=(0, 2.6),
           title="Recent against old facts", xticks=phases)
     c.legend(loc="upper right", fontsize=8)
