@@ -1,7 +1,9 @@
 """Widgets and static figures for the notebooks. Each explorer is a function that returns an ipywidgets
 box; its update callback is a plain function of the slider values, unit-tested without a browser.
 
-    memory_views     notebooks 01-02: key-value recall, capacity, the weight heatmap
-    surprise_views   notebooks 03-05: surprise, momentum and forgetting on a stream
-    chunk_views      notebook 06: chunk size, the decay matrices, speed
+    memory_views      notebooks 01-02: key-value recall, capacity, the weight heatmap
+    surprise_views    notebooks 03-05: surprise, momentum and forgetting on a stream
+    chunk_views       notebook 06: chunk size, the decay matrices, drift from the online rule
+    attention_views   notebooks 07-08: the masks of Fig. 3, attention sinks, one MAC segment step by step
+    gate_views        notebooks 09-10: MAG's gate and branches, MAL and LMM
 """
