@@ -36,7 +36,8 @@ def test_trace_equals_the_naive_and_chunked_rules_with_data_dependent_gates(dept
         assert torch.allclose(ours, ref, atol=1e-12) and torch.allclose(ours, ref2, atol=1e-12)
     for ours, ref in zip(trace.state.surprise, naive.surprise):
         assert torch.allclose(ours, ref, atol=1e-12)
-    final = associative_loss(memory(trace.state.weights, stream.fact_keys.unsqueeze(1)), stream.fact_values.unsqueeze(1))
+    probe_k, probe_v = stream.fact_keys.unsqueeze(1), stream.fact_values.unsqueeze(1)
+    final = associative_loss(memory(trace.state.weights, probe_k), probe_v)
     assert torch.allclose(trace.recall[:, -1], final[:, 0])
 
 
