@@ -17,6 +17,7 @@ Glossary: ``chunk_size`` is b; ``theta``, ``eta``, ``alpha`` are θ, η, α (her
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
@@ -76,9 +77,11 @@ def _stream(seq_len: int, dim: int, seed: int) -> tuple[MLPMemory, torch.Tensor,
     k = F.normalize(torch.randn(1, 1, seq_len, dim, generator=gen, dtype=torch.float64), dim=-1)
     v = F.normalize(torch.randn(1, 1, seq_len, dim, generator=gen, dtype=torch.float64), dim=-1)
     q = F.normalize(torch.randn(1, 1, seq_len, dim, generator=gen, dtype=torch.float64), dim=-1)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with torch.random.fork_rng():  # building the module draws from the global generator: keep that private
         memory = MLPMemory(dim, depth=2, expansion=2.0).double()
+    with torch.no_grad():  # M_0 from our own generator, so it does not depend on the default dtype either
+        for w in memory.initial:
+            w.copy_(torch.randn(w.shape, generator=gen, dtype=torch.float64) / math.sqrt(w.shape[-2]))
     return memory, k, v, q
 
 
