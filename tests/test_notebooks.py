@@ -48,7 +48,9 @@ def _output_texts(output: dict) -> list[str]:
     for mime, value in output.get("data", {}).items():
         if mime.startswith("image/"):
             continue
-        texts.append(value if isinstance(value, str) else "".join(value) if isinstance(value, list) else json.dumps(value))
+        if isinstance(value, list):
+            value = "".join(value)
+        texts.append(value if isinstance(value, str) else json.dumps(value))
     texts.extend(output.get("traceback", []))
     return texts
 
