@@ -89,11 +89,21 @@ def dual_form_chunk(
     minus_C_n, minus_D_n = -coef.C[..., -1, :, None], -coef.D[..., -1, :, None]
     new_weights, new_surprise = [], []
     for M, S, a, delta in zip(weights, surprise, inputs, deltas):
-        # both sums in one matmul: a^T [C_n delta | D_n delta]
-        update = a.transpose(-1, -2) @ torch.cat([minus_C_n * delta, minus_D_n * delta], dim=-1)
-        new_weights.append(torch.addcmul(beta_n * M, g_n, S) + update[..., : M.shape[-1]])
-        new_surprise.append(e_n * S + update[..., M.shape[-1] :])
+        new_weights.append(_add_outer(torch.addcmul(beta_n * M, g_n, S), a, minus_C_n * delta))
+        new_surprise.append(_add_outer(e_n * S, a, minus_D_n * delta))
     return y, tuple(new_weights), tuple(new_surprise)
+
+
+def _add_outer(base: Tensor, a: Tensor, x: Tensor) -> Tensor:
+    """``base + a^T x`` over leading ``(batch, heads)`` dims, the sum fused into the matmul (``baddbmm``).
+
+    Under autocast the product runs in low precision and is added to ``base`` in its own dtype, so the state
+    stays in float32 (autocast would run ``baddbmm`` whole in bfloat16).
+    """
+    if torch.is_autocast_enabled(base.device.type):
+        return base + a.transpose(-1, -2) @ x
+    flat = lambda t: t.flatten(0, 1)  # noqa: E731
+    return torch.baddbmm(flat(base), flat(a.transpose(-1, -2)), flat(x)).view(base.shape)
 
 
 def _per_token(coef: Tensor, base: Tensor) -> Tensor:
@@ -160,16 +170,17 @@ def chunked_memory(
     gates = [g[..., body].unflatten(-1, (whole, chunk_size)) for g in (theta, eta, alpha)]
     body_coef = chunk_coefficients(*gates) if whole else None
 
+    sizes = [n for _, n in pieces]
+    parts = zip(*(t.split(sizes, dim=2) for t in (k, v, q, theta, eta, alpha)))  # split: one cat in backward
     ys = []
-    for start, n in pieces:
+    for (start, n), (k_c, v_c, q_c, theta_c, eta_c, alpha_c) in zip(pieces, parts):
         if seen % chunk_size == 0:
             anchor = weights  # a new chunk: gradients are taken at M_{t'}
-        part = slice(start, start + n)
         if n == chunk_size and seen % chunk_size == 0:
             coef = ChunkCoefficients(*(x[:, :, (start - head) // chunk_size] for x in body_coef))
         else:
-            coef = chunk_coefficients(theta[..., part], eta[..., part], alpha[..., part])
-        y, weights, surprise = step(memory, weights, anchor, surprise, k[:, :, part], v[:, :, part], q[:, :, part], coef)
+            coef = chunk_coefficients(theta_c, eta_c, alpha_c)
+        y, weights, surprise = step(memory, weights, anchor, surprise, k_c, v_c, q_c, coef)
         ys.append(y)
         seen += n
     y = torch.cat(ys, dim=2) if ys else q.new_zeros(*q.shape[:-1], v.shape[-1])

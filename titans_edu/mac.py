@@ -41,7 +41,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import Attention, KVCache
@@ -97,15 +96,7 @@ class MACMixer(nn.Module):
     def read_queries(self, x: Tensor, conv_cache: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """``q_t = S^(t) W_Q`` of Eq. 21, through the memory's own q path (the q rows of its projection, its
         causal convolution, SiLU, l2-norm; §4.4): ``(batch, heads, n, head_dim)`` and the new read-conv cache."""
-        mem, c = self.memory, self.memory.config
-        inner = c.heads * c.head_dim
-        h = F.linear(x, mem.to_qkv.weight[:inner]).transpose(1, 2)  # (batch, inner, n)
-        if mem.conv is not None:
-            h = torch.cat([conv_cache.to(h.dtype), h], dim=-1)
-            conv_cache = h[..., h.shape[-1] - (c.conv_kernel - 1) :]
-            h = F.conv1d(h, mem.conv.weight[:inner], mem.conv.bias[:inner], groups=inner)
-        q = F.silu(h).unflatten(1, (c.heads, c.head_dim)).transpose(2, 3)
-        return F.normalize(q, dim=-1), conv_cache
+        return self.memory.project(x, conv_cache, rows=1)
 
     def forward(self, x: Tensor, state: MACState) -> tuple[Tensor, MACState]:
         """Cut ``x`` at the segment boundaries (counted from the stream start) and run each piece."""
