@@ -108,11 +108,11 @@ def test_figure_flags_a_diverged_memory():
 
 def test_explorer_redraws_when_a_slider_moves():
     box = cv.chunk_explorer(chunk_size=8)
-    assert box.last_view.chunk_size == 8
+    assert box.result.chunk_size == 8
     box.sliders["chunk_size"].value = 2
-    assert box.last_view.chunk_size == 2 and box.last_view.E.shape == (2, 2)
+    assert box.result.chunk_size == 2 and box.result.E.shape == (2, 2)
     box.sliders["eta"].value = 0.0
-    np.testing.assert_array_equal(box.last_view.E, np.eye(2))
+    np.testing.assert_array_equal(box.result.E, np.eye(2))
     assert box.render().eta == 0.0
     plt.close("all")
 

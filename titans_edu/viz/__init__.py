@@ -6,4 +6,5 @@ box; its update callback is a plain function of the slider values, unit-tested w
     chunk_views       notebook 06: chunk size, the decay matrices, drift from the online rule
     attention_views   notebooks 07-08: the masks of Fig. 3, attention sinks, one MAC segment step by step
     gate_views        notebooks 09-10: MAG's gate and branches, MAL and LMM
+    explorer          the ipywidgets wiring every explorer shares: controls, readout, figure area
 """

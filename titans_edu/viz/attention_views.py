@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ..attention import Attention, causal_mask, rope, segment_mask, sliding_window_mask, visibility
 from ..mac import MACMixer
 from ..persistent import PersistentMemory
+from .explorer import build_explorer
 
 GROUP_COLORS = {"p": "tab:purple", "h": "tab:orange", "x": "tab:blue"}
 GROUP_NAMES = {"p": "persistent p", "h": "memory h", "x": "tokens"}
@@ -134,34 +135,6 @@ def visible_keys(view: MaskView) -> dict[str, int]:
     return counts
 
 
-def _explorer(controls: dict, draw):
-    """Wire ``controls`` (name -> slider) to ``draw(**values) -> (figure, readout, result)``.
-
-    Returns an ``ipywidgets.VBox`` whose ``render()`` redraws from the current slider values and returns
-    ``result``; ``sliders`` and ``readout`` are kept on the box for tests.
-    """
-    import ipywidgets as widgets
-    from IPython.display import display
-
-    readout, out = widgets.HTML(), widgets.Output()
-
-    def render():
-        fig, text, result = draw(**{name: c.value for name, c in controls.items()})
-        readout.value = f"<b>{text}</b>"
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-        plt.close(fig)
-        return result
-
-    for control in controls.values():
-        control.observe(lambda _change: render(), names="value")
-    box = widgets.VBox([widgets.HBox(list(controls.values())), readout, out])
-    box.sliders, box.readout, box.render = controls, readout, render
-    render()
-    return box
-
-
 def mask_explorer(n: int = 24, window: int = 6, segment: int = 8, n_persistent: int = 3):
     """Sliders for ``n``, ``W``, ``C`` and ``N_p`` wired to :func:`figure3_masks` and :func:`draw_masks`;
     ``render()`` returns the :class:`MaskView` list it drew."""
@@ -181,7 +154,7 @@ def mask_explorer(n: int = 24, window: int = 6, segment: int = 8, n_persistent: 
             f"{v.title.split(' (')[0]}: " + ", ".join(f"{k} {c}" for k, c in visible_keys(v).items()) for v in views)
         return draw_masks(views), text, views
 
-    return _explorer(sliders, draw)
+    return build_explorer(draw, sliders)
 
 
 # --- attention weights in the open (notebooks 07 and 08) -------------------------------------------------
@@ -300,12 +273,7 @@ def sink_explorer(sink_score: float = 0.0):
     import ipywidgets as widgets
 
     slider = widgets.FloatSlider(value=sink_score, min=-4.0, max=8.0, step=0.5, description="sink score")
-
-    def draw(sink_score):
-        fig, text = draw_sink_example(sink_score)
-        return fig, text, text
-
-    return _explorer({"sink_score": slider}, draw)
+    return build_explorer(draw_sink_example, {"sink_score": slider})
 
 
 class SinkProbe(nn.Module):
@@ -445,10 +413,9 @@ def mac_explorer(traces: Sequence[SegmentTrace], n_persistent: int, heads: int,
     }
 
     def draw(segment, head):
-        fig, text = draw_mac_segment(traces[segment], n_persistent, head, marked_rows=marked.get(segment, ()))
-        return fig, text, text
+        return draw_mac_segment(traces[segment], n_persistent, head, marked_rows=marked.get(segment, ()))
 
-    return _explorer(sliders, draw)
+    return build_explorer(draw, sliders)
 
 
 def draw_histories(histories: dict, chance: float, fig: Figure | None = None) -> Figure:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..chunked import chunk_coefficients, chunked_memory, decay_matrix
 from ..memories import MLPMemory
+from .explorer import build_explorer
 
 CHUNK_SIZES = (1, 2, 4, 8, 16, 32)
 DRIFT_CAP = 5.0  # the drift plot is cut off here; beyond it the chunked memory has diverged
@@ -174,11 +175,9 @@ def chunk_explorer(chunk_size: int = 8, eta: float = 0.8, alpha: float = 0.05, t
     """Sliders for b, eta, alpha, theta wired to :func:`chunk_view` and :func:`draw_chunk_view`.
 
     Returns an ``ipywidgets.VBox``. Its ``render()`` method redraws from the current slider values and returns
-    the :class:`ChunkView` it drew, which is how the tests drive it without a browser.
+    the :class:`ChunkView` it drew (also kept as ``result``), which is how the tests drive it without a browser.
     """
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
     _check_gates(chunk_size, eta, alpha, theta)
     if chunk_size not in CHUNK_SIZES:
@@ -191,21 +190,12 @@ def chunk_explorer(chunk_size: int = 8, eta: float = 0.8, alpha: float = 0.05, t
     }
     for slider in sliders.values():
         slider.style.description_width = "90px"
-    out = widgets.Output()
 
-    def render() -> ChunkView:
-        view = chunk_view(**{name: slider.value for name, slider in sliders.items()})
-        fig = draw_chunk_view(view)
-        with out:
-            out.clear_output(wait=True)
-            display(fig)
-        plt.close(fig)
-        box.last_view = view
-        return view
+    def draw(**values):
+        view = chunk_view(**values)
+        drift = np.nan_to_num(view.drift, nan=np.inf)
+        text = (f"b = {view.chunk_size}: DIVERGED, lower θ, η or b" if (drift > DRIFT_CAP).any()
+                else f"b = {view.chunk_size}: mean drift from the online rule {float(drift.mean()):.2f}")
+        return draw_chunk_view(view), text, view
 
-    box = widgets.VBox([widgets.HBox(list(sliders.values())[:2]), widgets.HBox(list(sliders.values())[2:]), out])
-    box.sliders, box.render = sliders, render
-    for slider in sliders.values():
-        slider.observe(lambda _change: render(), names="value")
-    render()
-    return box
+    return build_explorer(draw, sliders, per_row=2)

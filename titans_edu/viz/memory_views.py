@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..memories import MLPMemory
+from .explorer import build_explorer
 
 Weights = tuple[Tensor, ...]
 
@@ -97,7 +98,8 @@ def random_pairs(n_pairs: int, dim_key: int, dim_value: int | None = None, batch
 
 
 def check_pairs(keys: Tensor, values: Tensor) -> None:
-    """Raise a ``ValueError`` unless ``keys`` ``(batch, heads, n, d_k)`` and ``values`` ``(batch, heads, n, d_v)`` match."""
+    """Raise a ``ValueError`` unless ``keys`` ``(batch, heads, n, d_k)`` and ``values`` ``(batch, heads, n, d_v)``
+    match."""
     if keys.dim() != 4 or values.dim() != 4 or keys.shape[:3] != values.shape[:3]:
         raise ValueError(
             f"expected keys (batch, heads, n, d_k) and values (batch, heads, n, d_v) with the same batch, heads "
@@ -254,26 +256,6 @@ def draw_linear_memory(theta: float, n_pairs: int, dim_key: int = 16, seed: int 
     return fig, text
 
 
-def _explorer(draw, controls: dict, notes: str):
-    """Wire sliders to ``draw(**values)``: the figure goes to an Output widget, the readout to an HTML line."""
-    import ipywidgets as widgets
-    from IPython.display import display
-
-    readout = widgets.HTML()
-    readout.add_class("titans-readout")
-
-    def update(**values):
-        fig, text = draw(**values)
-        readout.value = f"<b>{text}</b>"
-        display(fig)
-        plt.close(fig)
-
-    out = widgets.interactive_output(update, controls)
-    box = widgets.VBox([widgets.HBox(list(controls.values())), readout, out, widgets.HTML(notes)])
-    box.readout, box.update = readout, update  # handles for tests
-    return box
-
-
 def linear_memory_explorer(theta: float = 0.5, n_pairs: int = 24, dim_key: int = 16, seed: int = 0):
     """Sliders for ``theta``, the number of pairs and ``d_k``, driving :func:`draw_linear_memory`."""
     import ipywidgets as widgets
@@ -284,7 +266,7 @@ def linear_memory_explorer(theta: float = 0.5, n_pairs: int = 24, dim_key: int =
         "n_pairs": widgets.IntSlider(value=n_pairs, min=1, max=64, description="pairs N", style=style),
         "dim_key": widgets.IntSlider(value=dim_key, min=4, max=32, step=4, description="d_k", style=style),
     }
-    return _explorer(lambda **v: draw_linear_memory(seed=seed, **v), controls,
+    return build_explorer(lambda **v: draw_linear_memory(seed=seed, **v), controls,
                      "<small>theta = 0.5 writes each new pair exactly (unit keys); watch the error jump once N "
                      "passes d_k.</small>")
 
@@ -346,6 +328,6 @@ def deep_memory_explorer(depth: int = 2, n_pairs: int = 64, width: str = "4 x d_
         "width": widgets.ToggleButtons(options=["4 x d_k", "equal to linear"], value=width,
                                        description="hidden width", style=style),
     }
-    return _explorer(lambda **v: draw_deep_memory(seed=seed, **v), controls,
+    return build_explorer(lambda **v: draw_deep_memory(seed=seed, **v), controls,
                      "<small>Each change refits both memories (600 inner steps, about a second).</small>")
 

@@ -1,0 +1,58 @@
+"""The ipywidgets wiring shared by every explorer: controls in rows, a readout line, a figure area, notes.
+
+An explorer is a pure ``draw(**values)`` function (unit-tested on its own) plus this wiring. The box it returns
+keeps handles for tests that drive it without a browser:
+
+    box.sliders    the controls, name -> widget (the names are ``draw``'s keyword arguments)
+    box.readout    the HTML line above the figure (CSS class ``titans-readout``, which the browser test finds)
+    box.update     ``update(**values)``: draw with these values, whatever the controls show
+    box.render     ``render()``: draw with the values the controls show now
+    box.result     what the latest drawing returned (see :func:`build_explorer`)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import matplotlib.pyplot as plt
+
+__all__ = ["build_explorer"]
+
+
+def build_explorer(draw: Callable[..., tuple], controls: dict, notes: str = "", per_row: int | None = None):
+    """Wire ``controls`` (name -> widget) to ``draw(**values)`` and return an ``ipywidgets.VBox``.
+
+    ``draw`` returns ``(figure, readout text)`` or ``(figure, readout text, result)``; ``update`` and ``render``
+    return ``result`` (the readout text when there is none) and keep it as ``box.result``. Any change of a
+    control redraws; the figure is shown in an ``Output`` widget and then closed. ``notes``: HTML under the
+    figure. ``per_row``: how many controls share one row (all of them by default). The first drawing happens
+    here.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    readout, out = widgets.HTML(), widgets.Output()
+    readout.add_class("titans-readout")
+
+    def update(**values: Any) -> Any:
+        with out:  # inside a notebook, an error in draw is shown in the figure area
+            out.clear_output(wait=True)
+            fig, text, *result = draw(**values)
+            readout.value = f"<b>{text}</b>"
+            display(fig)
+            plt.close(fig)
+            box.result = result[0] if result else text
+            return box.result
+
+    def render() -> Any:
+        return update(**{name: control.value for name, control in controls.items()})
+
+    for control in controls.values():
+        control.observe(lambda _change: render(), names="value")
+    items = list(controls.values())
+    step = per_row or len(items)
+    rows = [widgets.HBox(items[i : i + step]) for i in range(0, len(items), step)]
+    box = widgets.VBox(rows + [readout, out] + ([widgets.HTML(notes)] if notes else []))
+    box.sliders, box.readout, box.update, box.render = controls, readout, update, render
+    render()
+    return box
