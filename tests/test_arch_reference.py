@@ -16,24 +16,24 @@ from titans_edu.attention import rope
 from titans_edu.model_config import ModelConfig
 from titans_edu.models import make_mixer
 
-CONFIG = dict(vocab_size=32, dim=16, heads=2, depth=1, segment=5, window=4, persistent=3, chunk_size=3)
 T = 13
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one thread avoids the cost of synchronising two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def build(variant, **overrides):
-    mixer = make_mixer(ModelConfig(variant=variant, **{**CONFIG, **overrides})).double()
-    reference = copy.deepcopy(mixer)
-    reference.memory.config.impl = "naive"  # the per-token loop of Eqs. 13-15
-    return mixer, reference
+@pytest.fixture
+def build(small_config):
+    """``build(variant, **overrides)``: a one-block mixer of ``small_config`` in float64, and a copy of it whose
+    memory runs the per-token naive rule."""
+
+    def make(variant, **overrides):
+        config = {**small_config, "depth": 1, **overrides}
+        mixer = make_mixer(ModelConfig(variant=variant, **config)).double()
+        reference = copy.deepcopy(mixer)
+        reference.memory.config.impl = "naive"  # the per-token loop of Eqs. 13-15
+        return mixer, reference
+
+    return make
 
 
 def explicit_attention(att, xq, q_positions, keys, persistent=None):
@@ -119,18 +119,18 @@ REFERENCES = {"mac": reference_mac, "mag": reference_mag, "mal": reference_mal, 
 
 
 @pytest.mark.parametrize("variant", list(REFERENCES))
-def test_mixer_equals_its_equations(variant, float64):
+def test_mixer_equals_its_equations(variant, build, small_config, float64):
     mixer, reference = build(variant)
-    x = torch.randn(2, T, CONFIG["dim"])
+    x = torch.randn(2, T, small_config["dim"])
     got, _ = mixer(x, mixer.init_state(2))
     want = REFERENCES[variant](reference, x)
     assert torch.allclose(got, want, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("variant", list(REFERENCES))
-def test_mixer_fed_token_by_token_equals_its_equations(variant, float64):
+def test_mixer_fed_token_by_token_equals_its_equations(variant, build, small_config, float64):
     mixer, reference = build(variant)
-    x = torch.randn(1, T, CONFIG["dim"])
+    x = torch.randn(1, T, small_config["dim"])
     state, parts = mixer.init_state(1), []
     for t in range(T):
         y, state = mixer(x[:, t : t + 1], state)
@@ -138,10 +138,10 @@ def test_mixer_fed_token_by_token_equals_its_equations(variant, float64):
     assert torch.allclose(torch.cat(parts, 1), REFERENCES[variant](reference, x), atol=1e-10, rtol=0)
 
 
-def test_mac_read_queries_are_the_memory_layers_queries(float64):
+def test_mac_read_queries_are_the_memory_layers_queries(build, small_config, float64):
     """MAC's q-only read path gives the q of NeuralMemory.project, also when streamed with its own cache."""
     mixer, _ = build("mac")
-    x = torch.randn(2, 9, CONFIG["dim"])
+    x = torch.randn(2, 9, small_config["dim"])
     want = mixer.memory.project(x, mixer.memory.initial_state(2).conv)[0]
     cache = mixer.init_state(2).read_conv
     q1, cache = mixer.read_queries(x[:, :4], cache)
@@ -149,10 +149,10 @@ def test_mac_read_queries_are_the_memory_layers_queries(float64):
     assert torch.allclose(torch.cat([q1, q2], 2), want, atol=1e-12)
 
 
-def test_mac_memory_tokens_use_the_memory_of_earlier_segments_only(float64):
+def test_mac_memory_tokens_use_the_memory_of_earlier_segments_only(build, small_config, float64):
     """Changing what the memory holds after segment 0 changes segment 1 but not segment 0 (Eq. 21)."""
     mixer, _ = build("mac", persistent=0)
-    x = torch.randn(1, 10, CONFIG["dim"])
+    x = torch.randn(1, 10, small_config["dim"])
     state = mixer.init_state(1)
     out, _ = mixer(x, state)
     y0, mid = mixer(x[:, :5], state)
@@ -163,17 +163,17 @@ def test_mac_memory_tokens_use_the_memory_of_earlier_segments_only(float64):
     assert not torch.allclose(y1, out[:, 5:], atol=1e-6)
 
 
-def test_mac_never_writes_the_persistent_tokens_into_memory(float64):
+def test_mac_never_writes_the_persistent_tokens_into_memory(build, float64):
     mixer, _ = build("mac")
     state = mixer.init_state(1)
     assert state.memory.seen == 0 and state.position == 0
 
 
 @pytest.mark.parametrize("variant", ["mag", "mal", "lmm"])
-def test_memory_reads_the_persistent_tokens_once_at_the_stream_start(variant, float64):
+def test_memory_reads_the_persistent_tokens_once_at_the_stream_start(variant, build, small_config, float64):
     mixer, _ = build(variant)
     state = mixer.init_state(2)
     memory = state if variant == "lmm" else state.memory
-    assert memory.seen == CONFIG["persistent"]
-    _, later = mixer(torch.randn(2, 4, CONFIG["dim"]), state)
-    assert (later if variant == "lmm" else later.memory).seen == CONFIG["persistent"] + 4
+    assert memory.seen == small_config["persistent"]
+    _, later = mixer(torch.randn(2, 4, small_config["dim"]), state)
+    assert (later if variant == "lmm" else later.memory).seen == small_config["persistent"] + 4

@@ -17,14 +17,7 @@ from titans_edu.attention import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one thread avoids the cost of synchronising two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_causal_mask_is_lower_triangular():

@@ -10,25 +10,22 @@ from titans_edu.model_config import NOMINAL_PARAMS, TITANS_VARIANTS, VARIANTS, M
 from titans_edu.models import ModelState, build_model
 from titans_edu.state import MemoryState
 
-# small enough to be quick, with segments (5), windows (4), chunks (3) and conv kernels (4) all crossed
-SMALL = dict(vocab_size=32, dim=16, heads=2, depth=2, segment=5, window=4, persistent=3, chunk_size=3)
 SEQ = 13
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one thread avoids the cost of synchronising two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def small(variant, **overrides):
-    config = {**SMALL, **overrides}
-    if variant not in TITANS_VARIANTS:
-        config["persistent"] = 0
-    return build_model(variant, "tiny", **config).double()
+@pytest.fixture
+def small(small_config):
+    """``small(variant, **overrides)``: a float64 model of ``small_config``; baselines get no persistent tokens."""
+
+    def build(variant, **overrides):
+        config = {**small_config, **overrides}
+        if variant not in TITANS_VARIANTS:
+            config["persistent"] = 0
+        return build_model(variant, "tiny", **config).double()
+
+    return build
 
 
 def tokens(batch=2, seq=SEQ, vocab=32):
@@ -59,7 +56,7 @@ def test_unknown_variant_or_size_lists_the_valid_ones():
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_causality(variant):
+def test_causality(variant, small):
     model = small(variant)
     x = tokens()
     logits, _ = model(x)
@@ -72,7 +69,7 @@ def test_causality(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_chained_calls_equal_one_call(variant):
+def test_chained_calls_equal_one_call(variant, small):
     model = small(variant)
     x = tokens(seq=23)
     full, final = model(x)
@@ -85,7 +82,7 @@ def test_chained_calls_equal_one_call(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_token_by_token_equals_full_forward(variant):
+def test_token_by_token_equals_full_forward(variant, small):
     model = small(variant)
     x = tokens(seq=SEQ)
     full, _ = model(x)
@@ -97,7 +94,7 @@ def test_token_by_token_equals_full_forward(variant):
 
 
 @pytest.mark.parametrize("variant", ["mac", "mag", "transformer"])
-def test_greedy_generation_follows_the_full_forward(variant):
+def test_greedy_generation_follows_the_full_forward(variant, small):
     model = small(variant)
     prompt = tokens(seq=4)
     out, state = generate(model, prompt, max_new_tokens=8, temperature=0.0)
@@ -131,7 +128,7 @@ def state_numel(obj) -> int:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_state_size_per_token(variant):
+def test_state_size_per_token(variant, small):
     """The state a step reads: flat for LMM, MAG, MAL and SWA; for MAC it grows within a segment and drops at
     the next; for Transformer++ it grows with the context."""
     model = small(variant, depth=1)
@@ -152,7 +149,7 @@ def test_state_size_per_token(variant):
 
 
 @pytest.mark.parametrize("variant", TITANS_VARIANTS)
-def test_gradients_reach_persistent_tokens_m0_gates_and_projections(variant):
+def test_gradients_reach_persistent_tokens_m0_gates_and_projections(variant, small):
     model = small(variant)
     logits, _ = model(tokens(seq=12))
     logits.logsumexp(-1).mean().backward()
@@ -171,7 +168,7 @@ def test_gradients_reach_persistent_tokens_m0_gates_and_projections(variant):
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches the {name}"
 
 
-def test_detached_state_cuts_the_graph_but_keeps_values():
+def test_detached_state_cuts_the_graph_but_keeps_values(small):
     model = small("mac")
     x = tokens(seq=8)
     _, state = model(x)
@@ -245,7 +242,7 @@ def test_baselines_reject_persistent_tokens_and_presets_drop_them():
     assert build_model("swa").config.persistent == 0 and build_model("mag").config.persistent == 4
 
 
-def test_state_of_another_batch_is_rejected():
+def test_state_of_another_batch_is_rejected(small):
     model = small("mag")
     _, state = model(tokens(batch=2, seq=3))
     with pytest.raises(ValueError, match="batch 1"):
@@ -258,8 +255,8 @@ def test_state_of_another_batch_is_rejected():
 
 
 @pytest.mark.parametrize("variant", ["mac", "mag", "mal", "lmm"])
-def test_bf16_autocast_runs_and_keeps_the_memory_state_in_fp32(variant):
-    model = build_model(variant, "tiny", **{**SMALL, "dim": 32})
+def test_bf16_autocast_runs_and_keeps_the_memory_state_in_fp32(variant, small_config):
+    model = build_model(variant, "tiny", **{**small_config, "dim": 32})
     x = tokens(seq=12)
     reference, _ = model(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -272,8 +269,8 @@ def test_bf16_autocast_runs_and_keeps_the_memory_state_in_fp32(variant):
 
 
 @pytest.mark.slow
-def test_mac_traces_into_one_graph_without_breaks():
+def test_mac_traces_into_one_graph_without_breaks(small_config):
     torch._dynamo.reset()
-    model = build_model("mac", "tiny", **{**SMALL, "depth": 1})
+    model = build_model("mac", "tiny", **{**small_config, "depth": 1})
     explanation = torch._dynamo.explain(model)(tokens(seq=12))
     assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -17,11 +17,8 @@ from titans_edu.viz import attention_views as av  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_and_close_figures():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_and_close_figures(one_thread):
     yield
-    torch.set_num_threads(threads)
     plt.close("all")
 
 
