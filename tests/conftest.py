@@ -35,3 +35,12 @@ def small_config() -> dict:
     """Model settings small enough to be quick, with segments (5), windows (4), chunks (3) and conv kernels (4)
     all crossed: pass them to ``build_model`` or ``ModelConfig`` (override ``depth`` and the rest as needed)."""
     return dict(vocab_size=32, dim=16, heads=2, depth=2, segment=5, window=4, persistent=3, chunk_size=3)
+
+
+@pytest.fixture
+def close_figures():
+    """Close every matplotlib figure a test leaves open. A module opts in as for ``one_thread``."""
+    yield
+    import matplotlib.pyplot as plt  # imported late, after the test module has chosen its backend
+
+    plt.close("all")

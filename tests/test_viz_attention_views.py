@@ -5,7 +5,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -16,10 +15,7 @@ from titans_edu.tasks import History  # noqa: E402
 from titans_edu.viz import attention_views as av  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_close_figures(one_thread):
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("one_thread", "close_figures")
 
 
 # --- masks ---

@@ -17,10 +17,7 @@ from titans_edu.viz import gate_views as gv  # noqa: E402
 TINY = dict(vocab_size=gv.VOCAB_SIZE, dim=16, heads=2, depth=1, window=4, persistent=3, chunk_size=4)
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 @pytest.fixture

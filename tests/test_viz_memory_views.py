@@ -8,18 +8,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from titans_edu import MLPMemory, MemoryState, naive_memory  # noqa: E402
+from titans_edu import MLPMemory, naive_memory  # noqa: E402
 from titans_edu.viz import memory_views as mv  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 # --- data and measurement ---
