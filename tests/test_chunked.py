@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from titans_edu.chunked import chunk_coefficients, chunked_memory, decay_matrix
+from titans_edu.chunked import chunk_coefficients, chunked_memory, decay_matrix, dual_layer
+from titans_edu.fused_layer import FusedDualLayer
 from titans_edu.memories import MLPMemory, ModuleMemory
 from titans_edu.naive import naive_memory
 
@@ -159,3 +160,46 @@ def test_chunk_size_below_one_raises(rule):
     memory = MLPMemory(D, depth=1, heads=H)
     with pytest.raises(ValueError, match="chunk_size"):
         rule(memory, *make_stream(memory), chunk_size=0)
+
+
+def layer_inputs(n=5, d_in=3, d_out=6, expanded_state=False):
+    """Random inputs of one dual-form layer step, coefficients from real gates (C and D lower-triangular)."""
+    g = torch.Generator().manual_seed(1)
+    gates = (0.3 * torch.rand(B, H, n, generator=g), torch.rand(B, H, n, generator=g),
+             0.2 * torch.rand(B, H, n, generator=g))
+    coef = chunk_coefficients(*gates)
+    if expanded_state:  # as M_0 arrives: one set of weights expanded over the batch
+        M, S = (torch.randn(1, H, d_in, d_out, generator=g).expand(B, -1, -1, -1) for _ in range(2))
+    else:
+        M, S = (torch.randn(B, H, d_in, d_out, generator=g) for _ in range(2))
+    h, a = torch.randn(B, H, n, d_in, generator=g), torch.randn(B, H, n, d_in, generator=g)
+    delta = torch.randn(B, H, n, d_out, generator=g)
+    return [h, M, S, a, delta, coef.beta, coef.g, coef.e, coef.C, coef.D]
+
+
+@pytest.mark.parametrize("expanded_state", [False, True])
+def test_fused_layer_equals_plain_layer_outputs_and_gradients(float64, expanded_state):
+    """The hand-written backward (FusedDualLayer) against autograd through the plain dual_layer."""
+    inputs = [x.detach().requires_grad_() for x in layer_inputs(expanded_state=expanded_state)]
+    fused, plain = FusedDualLayer.apply(*inputs), dual_layer(*inputs)
+    for f, p in zip(fused, plain):
+        torch.testing.assert_close(f, p, rtol=1e-12, atol=1e-12)
+    weights = [torch.randn_like(p) for p in plain]  # a loss that weights every output element differently
+    grads = [torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, outs)), inputs)
+             for outs in (fused, plain)]
+    for name, f, p in zip("h M S a delta beta g e C D".split(), *grads):
+        torch.testing.assert_close(f, p, rtol=1e-10, atol=1e-12, msg=lambda m: f"gradient of {name}: {m}")
+
+
+def test_fused_layer_passes_gradcheck(float64):
+    inputs = tuple(x.detach().requires_grad_() for x in layer_inputs(n=3, d_in=2, d_out=3))
+    assert torch.autograd.gradcheck(FusedDualLayer.apply, inputs)
+
+
+def test_fused_layer_with_unused_state_outputs(float64):
+    """Only the read is used (the chunk-end state is dropped): the missing output gradients count as zero."""
+    inputs = [x.detach().requires_grad_() for x in layer_inputs()]
+    g_fused = torch.autograd.grad(FusedDualLayer.apply(*inputs)[0].sum(), inputs)
+    g_plain = torch.autograd.grad(dual_layer(*inputs)[0].sum(), inputs, allow_unused=True)
+    for f, p in zip(g_fused, g_plain):
+        torch.testing.assert_close(f, torch.zeros_like(f) if p is None else p, rtol=1e-10, atol=1e-12)

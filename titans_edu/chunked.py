@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
+from .fused_layer import FusedDualLayer
 from .memories import MLPMemory, ModuleMemory, associative_loss
 from .state import MemoryState, Weights
 
@@ -70,27 +71,43 @@ def chunk_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor) -> ChunkCoeffi
     return ChunkCoefficients(beta, e, g, C, D)
 
 
+def dual_layer(
+    h: Tensor, M: Tensor, S: Tensor, a: Tensor, delta: Tensor, beta: Tensor, g: Tensor, e: Tensor, C: Tensor,
+    D: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One memory layer of one chunk: the read pre-activations ``z_i = h_i M_i`` and the chunk-end ``M_n, S_n``.
+
+    ``h`` ``(..., n, d_in)``: the rows read through this layer; ``a, delta``: this layer's anchor-pass inputs and
+    errors; ``beta, g, e`` ``(..., n)`` and ``C, D`` ``(..., n, n)``: the chunk coefficients. Written for autograd;
+    :class:`titans_edu.fused_layer.FusedDualLayer` computes the same with a hand-written backward.
+    """
+    # h_i M_i = beta_i h_i M + g_i h_i S - sum_j C_ij (h_i . a_j) delta_j
+    z = beta.unsqueeze(-1) * (h @ M) + g.unsqueeze(-1) * (h @ S) - (C * (h @ a.transpose(-1, -2))) @ delta
+    # M_n = beta_n M + g_n S - sum_j C_nj a_j^T delta_j ;  S_n = e_n S - sum_j D_nj a_j^T delta_j
+    beta_n, g_n, e_n = (x[..., -1, None, None] for x in (beta, g, e))
+    M_n = _add_outer(torch.addcmul(beta_n * M, g_n, S), a, -C[..., -1, :, None] * delta)
+    S_n = _add_outer(e_n * S, a, -D[..., -1, :, None] * delta)
+    return z, M_n, S_n
+
+
 def dual_form_chunk(
     memory: MLPMemory, weights: Weights, anchor: Weights, surprise: Weights, k: Tensor, v: Tensor, q: Tensor,
     coef: ChunkCoefficients,
 ) -> tuple[Tensor, Weights, Weights]:
-    """One chunk for an :class:`MLPMemory`, all tokens at once. Returns ``(y, M, S)`` after the chunk."""
-    inputs, deltas = memory.grad_terms(anchor, k, v)  # u_j = a_j^T delta_j at M_{t'}, for every j
-    beta, g, minus_C = coef.beta.unsqueeze(-1), coef.g.unsqueeze(-1), -coef.C  # signs go on the small factors
-    h = q
-    for layer, (M, S, a, delta) in enumerate(zip(weights, surprise, inputs, deltas)):
-        # h_i M_i = beta_i h_i M + g_i h_i S - sum_j C_ij (h_i . a_j) delta_j
-        z = beta * (h @ M) + g * (h @ S) + (minus_C * (h @ a.transpose(-1, -2))) @ delta
-        h = memory.act(z) if layer < memory.depth - 1 else z
-    y = q + h if memory.residual else h
+    """One chunk for an :class:`MLPMemory`, all tokens at once. Returns ``(y, M, S)`` after the chunk.
 
-    # M_n = beta_n M + g_n S - sum_j C_nj a_j^T delta_j ;  S_n = e_n S - sum_j D_nj a_j^T delta_j
-    beta_n, g_n, e_n = (x[..., -1, None, None] for x in (coef.beta, coef.g, coef.e))
-    minus_C_n, minus_D_n = -coef.C[..., -1, :, None], -coef.D[..., -1, :, None]
-    new_weights, new_surprise = [], []
-    for M, S, a, delta in zip(weights, surprise, inputs, deltas):
-        new_weights.append(_add_outer(torch.addcmul(beta_n * M, g_n, S), a, minus_C_n * delta))
-        new_surprise.append(_add_outer(e_n * S, a, minus_D_n * delta))
+    Each layer runs :class:`~titans_edu.fused_layer.FusedDualLayer`, the hand-written-backward twin of
+    :func:`dual_layer`; under autocast the plain :func:`dual_layer` runs, so that autocast picks the precisions.
+    """
+    inputs, deltas = memory.grad_terms(anchor, k, v)  # u_j = a_j^T delta_j at M_{t'}, for every j
+    layer_step = dual_layer if torch.is_autocast_enabled(q.device.type) else FusedDualLayer.apply
+    h, new_weights, new_surprise = q, [], []
+    for layer, (M, S, a, delta) in enumerate(zip(weights, surprise, inputs, deltas)):
+        z, M_n, S_n = layer_step(h, M, S, a, delta, coef.beta, coef.g, coef.e, coef.C, coef.D)
+        h = memory.act(z) if layer < memory.depth - 1 else z
+        new_weights.append(M_n)
+        new_surprise.append(S_n)
+    y = q + h if memory.residual else h
     return y, tuple(new_weights), tuple(new_surprise)
 
 
