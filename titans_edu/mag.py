@@ -28,11 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .attention import Attention, KVCache
+from .attention import KVCache
 from .blocks import MemoryGate
 from .model_config import ModelConfig
-from .neural_memory import NeuralMemory
-from .persistent import PersistentMemory, memory_reads_persistent
+from .persistent import hybrid_parts, memory_reads_persistent
 from .state import MemoryState
 
 
@@ -55,9 +54,7 @@ class MAGMixer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.window = config.window
-        self.memory = NeuralMemory(config.memory_config())
-        self.attention = Attention(config.dim, config.heads, config.rope_base, config.attention_backend)
-        self.persistent = PersistentMemory(config.persistent, config.dim) if config.persistent else None
+        self.memory, self.attention, self.persistent = hybrid_parts(config)
         self.gate = MemoryGate(config.dim, config.norm_eps)
 
     def init_state(self, batch: int) -> MAGState:

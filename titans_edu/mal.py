@@ -37,10 +37,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .attention import Attention, KVCache
+from .attention import KVCache
 from .model_config import ModelConfig
-from .neural_memory import NeuralMemory
-from .persistent import PersistentMemory, memory_reads_persistent
+from .persistent import hybrid_parts, memory_reads_persistent
 from .state import MemoryState
 
 
@@ -63,9 +62,7 @@ class MALMixer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.window = config.window
-        self.memory = NeuralMemory(config.memory_config())
-        self.attention = Attention(config.dim, config.heads, config.rope_base, config.attention_backend)
-        self.persistent = PersistentMemory(config.persistent, config.dim) if config.persistent else None
+        self.memory, self.attention, self.persistent = hybrid_parts(config)
         self.norm_y = nn.RMSNorm(config.dim, eps=config.norm_eps)
 
     def init_state(self, batch: int) -> MALState:

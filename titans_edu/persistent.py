@@ -16,6 +16,8 @@ They store knowledge about the task rather than about the input. Where they ente
 CHOICE (SPEC §3): when a stream is processed in several calls, the memory reads the persistent tokens once,
 at the very start of the stream: :func:`memory_reads_persistent` builds that initial state, and every later
 call continues from it. One call on ``[p || x]`` and any split of ``x`` into calls give the same result.
+
+:func:`hybrid_parts` builds what MAC, MAG and MAL are made of: the neural memory, the attention and ``p``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .attention import Attention
+from .model_config import ModelConfig
 from .neural_memory import NeuralMemory
 from .state import MemoryState
 
@@ -67,3 +71,17 @@ def memory_reads_persistent(
     if persistent is None or persistent.n_tokens == 0:
         return None, state
     return memory(persistent(batch), state)
+
+
+def hybrid_parts(config: ModelConfig) -> tuple[NeuralMemory, Attention, PersistentMemory | None]:
+    """The three parts of a Titans hybrid (MAC, MAG, MAL): the neural memory ``M``, the attention, and the
+    persistent tokens ``p`` (None when ``N_p = 0``).
+
+    The mixers assign them to ``self.memory``, ``self.attention`` and ``self.persistent``, in this order: the
+    ``state_dict`` keys that checkpoints store, and the order of the random initial draws (so the values a seed
+    gives), depend on it.
+    """
+    memory = NeuralMemory(config.memory_config())
+    attention = Attention(config.dim, config.heads, config.rope_base, config.attention_backend)
+    persistent = PersistentMemory(config.persistent, config.dim) if config.persistent else None
+    return memory, attention, persistent
