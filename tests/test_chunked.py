@@ -75,8 +75,8 @@ def test_chunk_size_one_is_the_online_rule(float64):
     for t in range(T):
         kt, vt, qt = k[:, :, t, None, :], v[:, :, t, None, :], q[:, :, t, None, :]
         grad = 2 * kt.transpose(-1, -2) @ (kt @ W - vt)  # grad of ||k W - v||^2 at M_{t-1}
-        S = eta[:, :, t, None, None] * S - theta[:, :, t, None, None] * grad  # Eq. 13
-        W = (1 - alpha[:, :, t, None, None]) * W + S  # Eq. 14
+        S = eta[:, :, t, None, None] * S - theta[:, :, t, None, None] * grad  # Eq. 14
+        W = (1 - alpha[:, :, t, None, None]) * W + S  # Eq. 13
         ys.append(qt @ W)  # Eq. 15
     y, state = chunked_memory(memory, k, v, q, theta, eta, alpha, chunk_size=1)
     torch.testing.assert_close(y, torch.cat(ys, dim=2))

@@ -4,8 +4,8 @@ This is the ground truth that every fast path in titans_edu is tested against (n
 For token ``t`` in a chunk that started at ``t'`` (SPEC §2; with ``chunk_size=1`` it is Eqs. 13-15 exactly):
 
     u_t = grad l(M_{t'}; k_t, v_t)                 Eq. 12, gradient at the chunk-start weights
-    S_t = eta_t * S_{t-1} - theta_t * u_t          Eq. 13, surprise with momentum
-    M_t = (1 - alpha_t) * M_{t-1} + S_t            Eq. 14, forgetting
+    S_t = eta_t * S_{t-1} - theta_t * u_t          Eq. 14, surprise with momentum
+    M_t = (1 - alpha_t) * M_{t-1} + S_t            Eq. 13, forgetting
     y_t = M_t(q_t)                                 Eq. 15, retrieval (reads the memory that includes token t)
 
 The gradient comes from ``torch.func.grad`` (autograd), not from the manual backprop the fast path uses, so

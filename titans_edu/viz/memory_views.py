@@ -5,10 +5,10 @@ Glossary (paper symbol -> code name):
     k_i, v_i       ``keys`` ``(batch, 1, n, d_k)``, ``values`` ``(batch, 1, n, d_v)``: the pairs to store,
                    unit length (§4.4 l2-normalises keys), so an empty memory has recall error 1
     M_t            ``weights``: a tuple over memory layers, each ``(batch, 1, d_in, d_out)``
-    θ_t            ``theta``: the momentary step size of Eq. 13 (a constant here)
-    η_t            ``eta``: the surprise decay of Eq. 13 (0 = no momentum)
-    α_t            ``alpha``: the forgetting gate of Eq. 14 (0 = no forgetting)
-    S_t            ``surprise``: the momentum of Eq. 13
+    θ_t            ``theta``: the momentary step size of Eq. 14 (a constant here)
+    η_t            ``eta``: the surprise decay of Eq. 14 (0 = no momentum)
+    α_t            ``alpha``: the forgetting gate of Eq. 13 (0 = no forgetting)
+    S_t            ``surprise``: the momentum of Eq. 14
     L_M            ``depth``: memory layers; ``depth=1`` is the linear memory ``W`` ``(d_k, d_v)``
 
 Recall error of pair i is ``||M(k_i) - v_i||^2 / ||v_i||^2``: 0 is perfect recall, 1 is no better than an
@@ -159,8 +159,8 @@ def write_stream(memory: MLPMemory, keys: Tensor, values: Tensor, theta: float, 
 
     Each token is one step of the online rule (chunk size 1), with constant gates:
 
-        S_t = eta * S_{t-1} - theta * grad l(M_{t-1}; k_t, v_t)      Eq. 13
-        M_t = (1 - alpha) * M_{t-1} + S_t                           Eq. 14
+        S_t = eta * S_{t-1} - theta * grad l(M_{t-1}; k_t, v_t)      Eq. 14
+        M_t = (1 - alpha) * M_{t-1} + S_t                           Eq. 13
 
     It is :func:`titans_edu.naive.naive_memory` written for constant gates, keeping every ``M_t``.
     ``weights`` defaults to the memory's ``M_0``.
@@ -186,8 +186,8 @@ def fit_memory(memory: MLPMemory, keys: Tensor, values: Tensor, steps: int, thet
 
     Every step treats the n pairs as one write, with the mean gradient over the pairs:
 
-        S = eta * S - theta * (1/n) sum_i grad l(M; k_i, v_i)       Eq. 13 (momentum eta)
-        M = M + S                                                  Eq. 14 with alpha = 0
+        S = eta * S - theta * (1/n) sum_i grad l(M; k_i, v_i)       Eq. 14 (momentum eta)
+        M = M + S                                                  Eq. 13 with alpha = 0
 
     Starts from the memory's ``M_0``. Returns the final weights and ``[(step, mean recall error), ...]``.
     Stops early once the recorded error is below ``tol`` (the pairs are stored) or has stopped changing (the
