@@ -96,23 +96,28 @@ class MACMixer(nn.Module):
         return self.memory.project(x, conv_cache, rows=1)
 
     def forward(self, x: Tensor, state: MACState) -> tuple[Tensor, MACState]:
-        """Cut ``x`` at the segment boundaries (counted from the stream start) and run each piece."""
-        outputs, start = [], 0
-        while start < x.shape[1]:
-            offset = state.position % self.segment
-            if offset == 0:  # a new segment: M_{t-1} is the memory now, and the window starts empty
+        """Cut ``x`` at the segment boundaries (counted from the stream start) and run each piece.
+
+        The read queries depend on ``x`` alone, not on the memory, so they are computed for all of ``x`` at once.
+        """
+        q, read_conv = self.read_queries(x, state.read_conv)
+        state = replace(state, read_conv=read_conv)
+        sizes, offset = [], state.position % self.segment
+        while sum(sizes) < x.shape[1]:
+            sizes.append(min(self.segment - (offset if not sizes else 0), x.shape[1] - sum(sizes)))
+        outputs = []
+        for x_s, q_s in zip(x.split(sizes, dim=1), q.split(sizes, dim=2)):
+            if state.position % self.segment == 0:  # a new segment: M_{t-1} is the memory now, the window empty
                 state = replace(state, segment_start=state.memory.weights, cache=state.cache.cleared())
-            n = min(self.segment - offset, x.shape[1] - start)
-            out, state = self.segment_step(x[:, start : start + n], state)
+            out, state = self.segment_step(x_s, q_s, state)
             outputs.append(out)
-            start += n
         return (torch.cat(outputs, dim=1) if outputs else x), state
 
-    def segment_step(self, x: Tensor, state: MACState) -> tuple[Tensor, MACState]:
-        """Eqs. 21-25 for ``x (batch, n, dim)``: the next ``n`` tokens of the current segment."""
+    def segment_step(self, x: Tensor, q: Tensor, state: MACState) -> tuple[Tensor, MACState]:
+        """Eqs. 21-25 for ``x (batch, n, dim)``, the next ``n`` tokens of the current segment, and their read
+        queries ``q`` (:meth:`read_queries`)."""
         positions = torch.arange(state.position, state.position + x.shape[1], device=x.device)
         # Eq. 21: h_t = M*_{t-1}(q_t), a read with the segment-start memory (no update)
-        q, read_conv = self.read_queries(x, state.read_conv)
         h = self.memory.output(self.memory.memory(state.segment_start, q), x)
         # Eqs. 22-23: y_t = Attn([p || h_t || S^(t)]), causal inside the window
         p = None if self.persistent is None else self.persistent.tokens
@@ -121,4 +126,4 @@ class MACMixer(nn.Module):
         m, memory = self.memory(y, state.memory)
         # Eq. 25: o_t = y_t ⊗ M*_t(y_t)
         o = self.gate(y, m)
-        return o, MACState(memory, state.segment_start, read_conv, cache, state.position + x.shape[1])
+        return o, MACState(memory, state.segment_start, state.read_conv, cache, state.position + x.shape[1])
