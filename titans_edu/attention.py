@@ -97,7 +97,7 @@ def _check_positive(**values: int | None) -> None:
 
 
 def rope(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
-    """Rotate ``x (batch, heads, n, head_dim)`` by its positions ``(n,)`` (RoPE, rotate-half form).
+    """Rotate ``x (..., n, head_dim)`` by its positions ``(n,)`` (RoPE, rotate-half form).
 
     The angles are computed in float64 (float32 on MPS): in float32, ``position * frequency`` loses about
     0.1 rad at position 2M. The rotation itself runs in float32 or wider, also under bf16 autocast.
@@ -249,11 +249,14 @@ class Attention(nn.Module):
         """
         batch = x.shape[0]
         q_raw, k, v = (self.split_heads(t) for t in self.to_qkv(x).chunk(3, dim=-1))
-        q, k = rope(q_raw, positions, self.rope_base), rope(k, positions, self.rope_base)
-        k_pos = positions
+        rows = [q_raw, k]
         if extra is not None:
             k_extra, v_extra = self._keys_values(extra)
-            k = torch.cat([rope(k_extra, positions, self.rope_base), k], dim=2)
+            rows.append(k_extra)
+        q, k, *k_extra = rope(torch.stack(rows), positions, self.rope_base).unbind(0)  # all share the positions
+        k_pos = positions
+        if extra is not None:
+            k = torch.cat([k_extra[0], k], dim=2)
             v = torch.cat([v_extra, v], dim=2)
             k_pos = torch.cat([positions, positions])
         if cache is None:
