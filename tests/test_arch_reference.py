@@ -103,9 +103,10 @@ def reference_mag(ref, x):
 
 
 def reference_mal(ref, x):
-    """Eqs. 29-31: y = M([p || x]); plain SW-Attn over all of y; outputs at the positions of x."""
+    """Eqs. 29-31: y = M([p || x]); plain SW-Attn over all of RMSNorm(y) (mal.py's CHOICE); outputs at the
+    positions of x."""
     n_p, n, W = ref.persistent.n_tokens, x.shape[1], ref.window
-    y = memory_over_prefixed_stream(ref, x)  # positions 0 .. n_p + n - 1
+    y = ref.norm_y(memory_over_prefixed_stream(ref, x))  # positions 0 .. n_p + n - 1
     stream = range(n_p + n)
     keys = [[(y[:, j], j) for j in stream if i - W < j <= i] for i in stream]
     return explicit_attention(ref.attention, y, list(stream), keys)[:, n_p:]
