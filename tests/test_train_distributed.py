@@ -62,3 +62,28 @@ def test_two_gloo_processes_equal_one_process(tmp_path, single, mode):
     start = build_model("mac", "tiny", vocab_size=256, dim=32, depth=2, segment=16, window=16, chunk_size=8)
     changed = [n for n, w in start.state_dict().items() if not torch.equal(w, weights_one[n])]
     assert len(changed) > 0.9 * len(weights_one)
+
+
+FSDP_UNITS = """
+import sys, torch, torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
+from titans_edu.models import build_model
+from titans_edu.parallel import Runtime, blocks_of, wrap_model
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+model = build_model("mal", "tiny", depth=3, dim=32)
+wrapped = wrap_model(model, Runtime(torch.device("cpu"), world=2), fsdp=True)  # world=2: take the FSDP branch
+units = [m for m in wrapped.modules() if isinstance(m, FSDPModule)]
+print(len(units), all(isinstance(b, FSDPModule) for b in blocks_of(wrapped)))
+logits, _ = wrapped(torch.randint(0, 256, (2, 24)))  # each block builds its state with its weights gathered
+logits.sum().backward()
+print(all(p.grad is not None for p in wrapped.parameters()))
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp_shards_each_block_as_its_own_unit(tmp_path):
+    """One FSDP unit per block plus the root, so a block's full weights exist only while it runs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", FSDP_UNITS, str(tmp_path / "rendezvous")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["4", "True", "True"]  # 3 blocks + the root

@@ -67,7 +67,10 @@ class Block(nn.Module):
     def init_state(self, batch: int) -> Any:
         return self.mixer.init_state(batch)
 
-    def forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """``state=None`` starts from :meth:`init_state`."""
+        if state is None:
+            state = self.init_state(x.shape[0])
         mixed, state = self.mixer(self.mixer_norm(x), state)
         x = x + mixed
         return x + self.mlp(self.mlp_norm(x)), state

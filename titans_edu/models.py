@@ -105,8 +105,8 @@ class TitansLM(nn.Module):
                 f"{tuple(tokens.shape)}; add a batch dim with tokens.unsqueeze(0)"
             )
         batch = tokens.shape[0]
-        if state is None:
-            state = self.init_state(batch)
+        if state is None:  # each block builds its own initial state when it runs (so FSDP has its weights gathered)
+            state = ModelState([None] * len(self.blocks), batch)
         elif not isinstance(state, ModelState) or state.batch != batch or len(state.layers) != len(self.blocks):
             got = (type(state).__name__, getattr(state, "batch", None), len(getattr(state, "layers", [])))
             raise ValueError(

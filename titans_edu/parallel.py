@@ -124,9 +124,11 @@ def wrap_model(model: nn.Module, runtime: Runtime, fsdp: bool = False, compile: 
             raise ValueError("FSDP shards a model across processes; start several with torchrun, or use --fsdp=off")
         from torch.distributed.fsdp import fully_shard
 
-        # One FSDP unit for the whole model: parameters, gradients and optimizer state are sharded at rest and
-        # gathered for the forward and backward passes. (Per-block units would gather less at a time, but the
-        # models build every block's streaming state from its parameters before the blocks run.)
+        # One FSDP unit per block, then the rest (embedding, final norm): parameters, gradients and optimizer
+        # state are sharded at rest, and each block's parameters are gathered only while that block runs, so
+        # the peak holds one block's full weights rather than the whole model's.
+        for block in blocks_of(model):
+            fully_shard(block)
         fully_shard(model)
     elif runtime.distributed:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
