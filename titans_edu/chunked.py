@@ -100,7 +100,7 @@ def dual_form_chunk(
     :func:`dual_layer`; under autocast the plain :func:`dual_layer` runs, so that autocast picks the precisions.
     """
     inputs, deltas = memory.grad_terms(anchor, k, v)  # u_j = a_j^T delta_j at M_{t'}, for every j
-    layer_step = dual_layer if torch.is_autocast_enabled(q.device.type) else FusedDualLayer.apply
+    layer_step = dual_layer if _autocast_on(q) else FusedDualLayer.apply
     h, new_weights, new_surprise = q, [], []
     for layer, (M, S, a, delta) in enumerate(zip(weights, surprise, inputs, deltas)):
         z, M_n, S_n = layer_step(h, M, S, a, delta, coef.beta, coef.g, coef.e, coef.C, coef.D)
@@ -111,13 +111,18 @@ def dual_form_chunk(
     return y, tuple(new_weights), tuple(new_surprise)
 
 
+def _autocast_on(t: Tensor) -> bool:
+    """Whether autocast is on for ``t``'s device (the meta device, used to count sizes, has no autocast)."""
+    return t.device.type != "meta" and torch.is_autocast_enabled(t.device.type)
+
+
 def _add_outer(base: Tensor, a: Tensor, x: Tensor) -> Tensor:
     """``base + a^T x`` over leading ``(batch, heads)`` dims, the sum fused into the matmul (``baddbmm``).
 
     Under autocast the product runs in low precision and is added to ``base`` in its own dtype, so the state
     stays in float32 (autocast would run ``baddbmm`` whole in bfloat16).
     """
-    if torch.is_autocast_enabled(base.device.type):
+    if _autocast_on(base):
         return base + a.transpose(-1, -2) @ x
     flat = lambda t: t.flatten(0, 1)  # noqa: E731
     return torch.baddbmm(flat(base), flat(a.transpose(-1, -2)), flat(x)).view(base.shape)
