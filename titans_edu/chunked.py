@@ -84,9 +84,11 @@ def dual_layer(
     # h_i M_i = beta_i h_i M + g_i h_i S - sum_j C_ij (h_i . a_j) delta_j
     z = beta.unsqueeze(-1) * (h @ M) + g.unsqueeze(-1) * (h @ S) - (C * (h @ a.transpose(-1, -2))) @ delta
     # M_n = beta_n M + g_n S - sum_j C_nj a_j^T delta_j ;  S_n = e_n S - sum_j D_nj a_j^T delta_j
+    # (under autocast the products run in low precision and are added to the float32 state, which stays float32)
     beta_n, g_n, e_n = (x[..., -1, None, None] for x in (beta, g, e))
-    M_n = _add_outer(torch.addcmul(beta_n * M, g_n, S), a, -C[..., -1, :, None] * delta)
-    S_n = _add_outer(e_n * S, a, -D[..., -1, :, None] * delta)
+    a_T = a.transpose(-1, -2)
+    M_n = beta_n * M + g_n * S - a_T @ (C[..., -1, :, None] * delta)
+    S_n = e_n * S - a_T @ (D[..., -1, :, None] * delta)
     return z, M_n, S_n
 
 
@@ -114,18 +116,6 @@ def dual_form_chunk(
 def _autocast_on(t: Tensor) -> bool:
     """Whether autocast is on for ``t``'s device (the meta device, used to count sizes, has no autocast)."""
     return t.device.type != "meta" and torch.is_autocast_enabled(t.device.type)
-
-
-def _add_outer(base: Tensor, a: Tensor, x: Tensor) -> Tensor:
-    """``base + a^T x`` over leading ``(batch, heads)`` dims, the sum fused into the matmul (``baddbmm``).
-
-    Under autocast the product runs in low precision and is added to ``base`` in its own dtype, so the state
-    stays in float32 (autocast would run ``baddbmm`` whole in bfloat16).
-    """
-    if _autocast_on(base):
-        return base + a.transpose(-1, -2) @ x
-    flat = lambda t: t.flatten(0, 1)  # noqa: E731
-    return torch.baddbmm(flat(base), flat(a.transpose(-1, -2)), flat(x)).view(base.shape)
 
 
 def _per_token(coef: Tensor, base: Tensor) -> Tensor:
