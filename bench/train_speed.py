@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
     torch.set_num_threads(THREADS)
+    torch.set_flush_denormal(True)  # as titans_edu.train does on CPU
 
     variants = tokens_per_second({v: make_step(ours(v), external=False) for v in VARIANTS}, rounds)
     print(f"training step at tiny, batch {BATCH} x {CONTEXT} tokens, float32, {THREADS} thread, median of {rounds}\n")

@@ -126,8 +126,12 @@ def train(cfg: TrainConfig, build: ModelBuilder | None = None) -> dict:
 
 
 def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
-    if cfg.threads is not None and rt.device.type == "cpu":
-        torch.set_num_threads(cfg.threads)  # results on CPU are bitwise repeatable at a fixed thread count
+    if rt.device.type == "cpu":
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)  # results on CPU are bitwise repeatable at a fixed thread count
+        # Denormal floats (below 1.2e-38) slow CPU matmuls down many times over; an untrained memory with
+        # forgetting decays towards zero over a long stream and produces them. Flush them to zero.
+        torch.set_flush_denormal(True)
     folder = broadcast_from_main(choose_run_folder(cfg) if rt.is_main else None, rt)
     data, tokenizer = open_source(cfg.data, cfg.tokenizer, cfg.val_fraction)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
