@@ -119,9 +119,14 @@ def side_by_side(rounds: int) -> dict:
 
 
 def one_length(seq: int) -> dict:
-    """Run in a fresh process: time and peak memory of one forward+backward at this length."""
-    torch.set_num_threads(2)
-    torch.set_flush_denormal(True)  # as in main()
+    """Run in a fresh process: time and peak memory of one forward+backward at this length, on one thread.
+
+    One thread, because ``set_flush_denormal`` reaches only the calling thread: with two, the second thread's
+    share of every matmul still meets the denormals of the decaying memory on long streams (see ``main``), and
+    the cost per token would seem to grow with the length for that reason alone.
+    """
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
     torch.manual_seed(0)
     layer = ours()
     x = torch.randn(BATCH, seq, DIM)
@@ -176,7 +181,8 @@ def main() -> None:
     report = {"matmul_gflops": peak, "flops": flops, "side_by_side": results}
     if not args.quick:
         rows = scaling([1024, 2048, 4096, 8192, 16384])
-        print("\n| T | forward+backward s | s per 1k tokens | peak RSS MiB |")
+        print("\none thread, one forward+backward, fresh process per length\n")
+        print("| T | forward+backward s | s per 1k tokens | peak RSS MiB |")
         print("| --- | --- | --- | --- |")
         for r in rows:
             print(f"| {r['seq']} | {r['seconds']:.2f} | {r['seconds'] / r['seq'] * 1024:.3f} | {r['peak_mib']:.0f} |")

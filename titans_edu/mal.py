@@ -21,8 +21,8 @@ inside its window. Outputs are kept at the positions of ``x`` only.
 CHOICE: ``y`` is RMS-normalised, with a learnable vector-valued weight, before the attention reads it. Every
 other attention in the package reads a normalised stream (the pre-norm of its block, or RMSNorm_a in the gate),
 and MAL's would otherwise read the output of the memory's projection ``W_O``, which the initialisation makes
-small (root mean square about 0.04 at ``dim = 32``, against 1 for a normalised token): its scores start about
-500 times smaller than those of SWA, a uniform average over the window, and learn slowly. The norm changes the
+small (root mean square about 0.04 at ``dim = 32``, against 1 for a normalised token): its scores start several
+hundred times smaller than those of SWA, a uniform average over the window, and learn slowly. The norm changes the
 scale of each ``y_t``, not its direction, so Eqs. 29-31 keep their meaning: the attention still sees the
 memory's outputs only, ``M(p)`` included.
 
