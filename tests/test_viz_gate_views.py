@@ -200,7 +200,7 @@ def test_draw_position_reads_out_the_position_and_the_ablation(mag):
     s = gv.recall_stream(4, generator=0)
     far = int(s.far[0])
     _, text = gv.draw_position(mag, s, far, sample=1)
-    assert text.startswith(f"t = {far} (far query)") and f"tokens back, the window is 4" in text
+    assert text.startswith(f"t = {far} (far query)") and "tokens back, the window is 4" in text
     _, near_text = gv.draw_position(mag, s, int(s.near[0]))
     assert "(near query)" in near_text and "tokens back" not in near_text
     _, ablated = gv.draw_position(mag, s, far, sample=1, ablate="memory")

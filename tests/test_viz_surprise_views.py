@@ -103,7 +103,7 @@ def test_momentum_memorises_the_episode_and_the_gate_spares_the_rest():
     plt.close(fig)
     fig, gated = sv.draw_momentum(theta=0.05, eta=0.8, gated=True)
     plt.close(fig)
-    ep0, fam0 = _numbers(plain)[2], _numbers(plain)[4]
+    ep0 = _numbers(plain)[2]
     ep, fam = _numbers(everywhere)[2], _numbers(everywhere)[4]
     ep_g, fam_g = _numbers(gated)[2], _numbers(gated)[4]
     assert ep < 0.5 * ep0 and ep_g < 0.5 * ep0  # momentum keeps the episode
