@@ -29,6 +29,9 @@ def build(small_config):
     def make(variant, **overrides):
         config = {**small_config, "depth": 1, **overrides}
         mixer = make_mixer(ModelConfig(variant=variant, **config)).double()
+        with torch.no_grad():  # trained-looking norm gains (they start at 1), so that a reference missing one shows
+            for norm in (m for m in mixer.modules() if isinstance(m, torch.nn.RMSNorm)):
+                norm.weight.uniform_(0.5, 1.5)
         reference = copy.deepcopy(mixer)
         reference.memory.config.impl = "naive"  # the per-token loop of Eqs. 13-15
         return mixer, reference
