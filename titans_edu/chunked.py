@@ -35,7 +35,7 @@ from torch.func import grad, vmap
 
 from .fused_layer import FusedDualLayer
 from .memories import MLPMemory, ModuleMemory, associative_loss
-from .state import MemoryState, Weights
+from .state import MemoryState, Weights, stream_pieces
 
 
 class ChunkCoefficients(NamedTuple):
@@ -170,26 +170,23 @@ def chunked_memory(
     state = state or MemoryState.fresh(memory.initial_weights(k.shape[0]))
     step = dual_form_chunk if isinstance(memory, MLPMemory) else generic_chunk
     weights, anchor, surprise, seen = state.weights, state.anchor, state.surprise, state.seen
-    T, position = k.shape[2], seen % chunk_size
-    head = min((chunk_size - position) % chunk_size, T)  # the rest of a chunk an earlier call began
-    whole = (T - head) // chunk_size
-    pieces = ([(0, head)] if head else []) + [(head + c * chunk_size, chunk_size) for c in range(whole)]
-    if head + whole * chunk_size < T:
-        pieces.append((head + whole * chunk_size, T - head - whole * chunk_size))
+    sizes = stream_pieces(seen, k.shape[2], chunk_size)
+    head = sizes[0] if sizes and seen % chunk_size else 0  # the rest of a chunk an earlier call began
+    whole = sum(n == chunk_size for n in sizes)  # (a head is always shorter than a chunk)
 
     # the coefficients of all whole chunks in one batched call: (batch, heads, chunks, b[, b])
     body = slice(head, head + whole * chunk_size)
     gates = [g[..., body].unflatten(-1, (whole, chunk_size)) for g in (theta, eta, alpha)]
     body_coef = chunk_coefficients(*gates) if whole else None
 
-    sizes = [n for _, n in pieces]
     parts = zip(*(t.split(sizes, dim=2) for t in (k, v, q, theta, eta, alpha)))  # split: one cat in backward
-    ys = []
-    for (start, n), (k_c, v_c, q_c, theta_c, eta_c, alpha_c) in zip(pieces, parts):
+    ys, chunk = [], 0
+    for n, (k_c, v_c, q_c, theta_c, eta_c, alpha_c) in zip(sizes, parts):
         if seen % chunk_size == 0:
             anchor = weights  # a new chunk: gradients are taken at M_{t'}
-        if n == chunk_size and seen % chunk_size == 0:
-            coef = ChunkCoefficients(*(x[:, :, (start - head) // chunk_size] for x in body_coef))
+        if n == chunk_size:  # a whole chunk: its coefficients are already computed
+            coef = ChunkCoefficients(*(x[:, :, chunk] for x in body_coef))
+            chunk += 1
         else:
             coef = chunk_coefficients(theta_c, eta_c, alpha_c)
         y, weights, surprise = step(memory, weights, anchor, surprise, k_c, v_c, q_c, coef)

@@ -47,7 +47,7 @@ from .attention import KVCache
 from .blocks import MemoryGate
 from .model_config import ModelConfig
 from .persistent import hybrid_parts
-from .state import MemoryState, Weights
+from .state import MemoryState, Weights, stream_pieces
 
 
 @dataclass
@@ -93,7 +93,7 @@ class MACMixer(nn.Module):
     def read_queries(self, x: Tensor, conv_cache: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """``q_t = S^(t) W_Q`` of Eq. 21, through the memory's own q path (the q rows of its projection, its
         causal convolution, SiLU, l2-norm; §4.4): ``(batch, heads, n, head_dim)`` and the new read-conv cache."""
-        return self.memory.project(x, conv_cache, rows=1)
+        return self.memory.project_queries(x, conv_cache)
 
     def forward(self, x: Tensor, state: MACState) -> tuple[Tensor, MACState]:
         """Cut ``x`` at the segment boundaries (counted from the stream start) and run each piece.
@@ -102,9 +102,7 @@ class MACMixer(nn.Module):
         """
         q, read_conv = self.read_queries(x, state.read_conv)
         state = replace(state, read_conv=read_conv)
-        sizes, offset = [], state.position % self.segment
-        while sum(sizes) < x.shape[1]:
-            sizes.append(min(self.segment - (offset if not sizes else 0), x.shape[1] - sum(sizes)))
+        sizes = stream_pieces(state.position, x.shape[1], self.segment)
         outputs = []
         for x_s, q_s in zip(x.split(sizes, dim=1), q.split(sizes, dim=2)):
             if state.position % self.segment == 0:  # a new segment: M_{t-1} is the memory now, the window empty

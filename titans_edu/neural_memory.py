@@ -171,12 +171,20 @@ class NeuralMemory(nn.Module):
         alpha = torch.sigmoid(al) if c.forgetting else torch.zeros_like(al)
         return theta, eta, alpha
 
-    def project(self, x: Tensor, conv_cache: Tensor | None, rows: int = 3) -> tuple[Tensor, ...]:
-        """``q, k, v`` as ``(batch, heads, seq, head_dim)``, and the new convolution cache.
+    def project(self, x: Tensor, conv_cache: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``q, k, v`` as ``(batch, heads, seq, head_dim)``, and the new convolution cache."""
+        h, conv_cache = self._projected(x, conv_cache, rows=3)
+        q, k, v = h.unbind(0)
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, conv_cache
 
-        ``rows=1`` computes ``q`` alone (the first rows of every weight), for reads that write nothing (MAC, Eq. 21):
-        it returns ``(q, conv_cache)``.
-        """
+    def project_queries(self, x: Tensor, conv_cache: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``q`` alone, through the same path (the q rows of every weight), for reads that write nothing (MAC,
+        Eq. 21); its own convolution cache has ``heads * head_dim`` channels."""
+        h, conv_cache = self._projected(x, conv_cache, rows=1)
+        return F.normalize(h[0], dim=-1), conv_cache
+
+    def _projected(self, x: Tensor, conv_cache: Tensor | None, rows: int) -> tuple[Tensor, Tensor | None]:
+        """The first ``rows`` of q, k, v after projection, convolution and SiLU: ``(rows, batch, heads, seq, hd)``."""
         c = self.config
         channels = rows * c.heads * c.head_dim
         h = F.linear(x, self.to_qkv.weight[:channels])  # (batch, seq, channels)
@@ -184,11 +192,7 @@ class NeuralMemory(nn.Module):
             h, conv_cache = causal_depthwise_conv(
                 h, self.conv.weight[:channels, 0], self.conv.bias[:channels], conv_cache
             )
-        h = F.silu(h).unflatten(-1, (rows, c.heads, c.head_dim)).permute(2, 0, 3, 1, 4)  # (rows, batch, heads, seq, hd)
-        if rows == 1:
-            return F.normalize(h[0], dim=-1), conv_cache
-        q, k, v = h.unbind(0)
-        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, conv_cache
+        return F.silu(h).unflatten(-1, (rows, c.heads, c.head_dim)).permute(2, 0, 3, 1, 4), conv_cache
 
     def output(self, y: Tensor, x: Tensor) -> Tensor:
         """RMSNorm, the linear gate and the output projection: ``(batch, heads, seq, hd) -> (batch, seq, dim)``."""

@@ -24,6 +24,18 @@ from torch import Tensor
 Weights = tuple[Tensor, ...]
 
 
+
+def stream_pieces(position: int, length: int, period: int) -> list[int]:
+    """Sizes that cut ``length`` tokens, starting at stream ``position``, at every multiple of ``period`` counted
+    from the stream start: the rest of a period an earlier call began, whole periods, then the start of the next.
+    Chunks (of the memory) and segments (of MAC) are both cut this way."""
+    sizes, done = [], 0
+    while done < length:
+        n = min(period - (position + done) % period, length - done)
+        sizes.append(n)
+        done += n
+    return sizes
+
 @dataclass
 class MemoryState:
     weights: Weights
