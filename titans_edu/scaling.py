@@ -61,11 +61,13 @@ def _one_pass(variant: str, size: str, depth: int, batch: int, seq: int, overrid
     with torch.device("meta"):
         model = build_model(variant, size, **{**overrides, "depth": depth})
         tokens = torch.zeros(batch, seq, dtype=torch.long)
-    saved: dict[int, int] = {}  # storage -> bytes; views of one storage share it
+    # storage -> (storage, bytes); views of one storage share it. The storage itself is held until the count is
+    # done: a storage freed mid-pass (a discarded branch) would otherwise hand its key to a later one.
+    saved: dict[int, tuple[torch.UntypedStorage, int]] = {}
 
     def keep(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        saved[storage._cdata] = storage.nbytes()
+        saved[storage._cdata] = (storage, storage.nbytes())
         return t
 
     # the counter knows baddbmm but not its in-place form, which fused_layer uses: count it as its matmul
@@ -76,7 +78,7 @@ def _one_pass(variant: str, size: str, depth: int, batch: int, seq: int, overrid
         loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
         loss.backward()
     parameters = {p.untyped_storage()._cdata for p in model.parameters()}
-    return counter.get_total_flops(), sum(n for key, n in saved.items() if key not in parameters)
+    return counter.get_total_flops(), sum(n for key, (_, n) in saved.items() if key not in parameters)
 
 
 def block_costs(variant: str, size: str, batch: int = 1, seq: int | None = None, **overrides) -> BlockCosts:
