@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from conditions import machine_conditions, print_conditions
 
 from titans_edu import MemoryConfig, NeuralMemory
 
@@ -161,6 +162,8 @@ def main() -> None:
     # flushed to zero, as titans_edu.train does.
     torch.set_flush_denormal(True)
 
+    conditions = machine_conditions()
+    print_conditions(conditions)
     peak = matmul_gflops()
     results = side_by_side(3 if args.quick else args.rounds)
     flops = flops_per_token()
@@ -178,7 +181,7 @@ def main() -> None:
         base = results["titans-pytorch"]
         print(f"speed-up over titans-pytorch: forward {ours_r['forward'] / base['forward']:.2f}x, "
               f"forward+backward {ours_r['forward_backward'] / base['forward_backward']:.2f}x")
-    report = {"matmul_gflops": peak, "flops": flops, "side_by_side": results}
+    report = {"conditions": conditions, "matmul_gflops": peak, "flops": flops, "side_by_side": results}
     if not args.quick:
         rows = scaling([1024, 2048, 4096, 8192, 16384])
         print("\none thread, one forward+backward, fresh process per length\n")

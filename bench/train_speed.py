@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from conditions import machine_conditions, print_conditions
 
 from titans_edu.model_config import VARIANTS
 from titans_edu.models import build_model
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     rounds = 3 if args.quick else args.rounds
     torch.set_num_threads(THREADS)
     torch.set_flush_denormal(True)  # as titans_edu.train does on CPU
+    conditions = machine_conditions()
+    print_conditions(conditions)
 
     variants = tokens_per_second({v: make_step(ours(v), external=False) for v in VARIANTS}, rounds)
     print(f"training step at tiny, batch {BATCH} x {CONTEXT} tokens, float32, {THREADS} thread, median of {rounds}\n")
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| --- | --- | --- |")
     for v, rate in variants.items():
         print(f"| {v} | {sum(p.numel() for p in ours(v).parameters()):,} | {rate:,.0f} |")
-    report = {"variants": variants}
+    report = {"conditions": conditions, "variants": variants}
 
     try:
         pair = {"titans_edu MAC": make_step(ours("mac"), external=False),
