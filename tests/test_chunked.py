@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from titans_edu.chunked import chunk_coefficients, chunked_memory, decay_matrix, dual_layer
-from titans_edu.fused_layer import FusedDualLayer
+from titans_edu.chunked import chunk_coefficients, chunked_memory, decay_matrix, dual_form_chunk
+from titans_edu.fused_chunk import FusedChunk, Layout, fused_chunk
 from titans_edu.memories import MLPMemory, ModuleMemory
 from titans_edu.naive import naive_memory
 
@@ -162,44 +162,104 @@ def test_chunk_size_below_one_raises(rule):
         rule(memory, *make_stream(memory), chunk_size=0)
 
 
-def layer_inputs(n=5, d_in=3, d_out=6, expanded_state=False):
-    """Random inputs of one dual-form layer step, coefficients from real gates (C and D lower-triangular)."""
-    g = torch.Generator().manual_seed(1)
-    gates = (0.3 * torch.rand(B, H, n, generator=g), torch.rand(B, H, n, generator=g),
-             0.2 * torch.rand(B, H, n, generator=g))
-    coef = chunk_coefficients(*gates)
+def chunk_inputs(memory, n=5, shared_anchor=True, expanded_state=False, seed=1):
+    """Random inputs of one chunk step: ``(weights, anchor, surprise, k, v, q, gates)``, gates from real ranges."""
+    g = torch.Generator().manual_seed(seed)
+    gates = [0.3 * torch.rand(B, H, n, generator=g), torch.rand(B, H, n, generator=g),
+             0.2 * torch.rand(B, H, n, generator=g)]
+    shapes = [w.shape for w in memory.initial]
     if expanded_state:  # as M_0 arrives: one set of weights expanded over the batch
-        M, S = (torch.randn(1, H, d_in, d_out, generator=g).expand(B, -1, -1, -1) for _ in range(2))
+        weights = [torch.randn(1, *s, generator=g).expand(B, *s) for s in shapes]
     else:
-        M, S = (torch.randn(B, H, d_in, d_out, generator=g) for _ in range(2))
-    h, a = torch.randn(B, H, n, d_in, generator=g), torch.randn(B, H, n, d_in, generator=g)
-    delta = torch.randn(B, H, n, d_out, generator=g)
-    return [h, M, S, a, delta, coef.beta, coef.g, coef.e, coef.C, coef.D]
+        weights = [torch.randn(B, *s, generator=g) for s in shapes]
+    surprise = [torch.randn(B, *s, generator=g) for s in shapes]
+    anchor = None if shared_anchor else [torch.randn(B, *s, generator=g) for s in shapes]
+    k, q = (torch.randn(B, H, n, memory.dim_key, generator=g) for _ in range(2))
+    v = torch.randn(B, H, n, memory.dim_value, generator=g)
+    return weights, anchor, surprise, k, v, q, gates
+
+
+def run_chunk(step, memory, weights, anchor, surprise, k, v, q, gates):
+    """One chunk step on fresh leaf tensors (``anchor=None``: the anchor is the weights themselves, as at a chunk
+    start). Returns ``(outputs, leaves)``, outputs ``[y, *M', *S']`` and leaves ``[*M, *S, k, v, q, *gates, *A]``."""
+    weights = [w.detach().requires_grad_() for w in weights]
+    surprise = [s.detach().requires_grad_() for s in surprise]
+    k, v, q, *gates = [x.detach().requires_grad_() for x in (k, v, q, *gates)]
+    leaves = [*weights, *surprise, k, v, q, *gates]
+    if anchor is None:
+        anchor = weights
+    else:
+        anchor = [a.detach().requires_grad_() for a in anchor]
+        leaves += anchor
+    y, M, S = step(memory, tuple(weights), tuple(anchor), tuple(surprise), k, v, q, chunk_coefficients(*gates))
+    return [y, *M, *S], leaves
+
+
+FUSED_CASES = {
+    "linear": dict(depth=1),
+    "mlp2-silu": dict(depth=2),
+    "mlp2-gelu-residual": dict(depth=2, activation="gelu", residual=True),
+    "mlp3-tanh": dict(depth=3, expansion=2.0, activation="tanh"),
+    "mlp3-silu-residual": dict(depth=3, expansion=2.0, residual=True),
+}
 
 
 @pytest.mark.parametrize("expanded_state", [False, True])
-def test_fused_layer_equals_plain_layer_outputs_and_gradients(float64, expanded_state):
-    """The hand-written backward (FusedDualLayer) against autograd through the plain dual_layer."""
-    inputs = [x.detach().requires_grad_() for x in layer_inputs(expanded_state=expanded_state)]
-    fused, plain = FusedDualLayer.apply(*inputs), dual_layer(*inputs)
+@pytest.mark.parametrize("shared_anchor", [True, False])
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_fused_chunk_equals_plain_chunk_outputs_and_gradients(float64, case, shared_anchor, expanded_state):
+    """The hand-written backward (fused_chunk) against autograd through the plain dual_form_chunk: the outputs,
+    the chunk-end state, and the gradient of every input (weights, momentum, k, v, q, the gates, the anchor)."""
+    memory = MLPMemory(3, heads=H, **FUSED_CASES[case])
+    inputs = chunk_inputs(memory, shared_anchor=shared_anchor, expanded_state=expanded_state)
+    fused, leaves_f = run_chunk(fused_chunk, memory, *inputs)
+    plain, leaves_p = run_chunk(dual_form_chunk, memory, *inputs)
     for f, p in zip(fused, plain):
         torch.testing.assert_close(f, p, rtol=1e-12, atol=1e-12)
-    weights = [torch.randn_like(p) for p in plain]  # a loss that weights every output element differently
-    grads = [torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, outs)), inputs)
-             for outs in (fused, plain)]
-    for name, f, p in zip("h M S a delta beta g e C D".split(), *grads):
-        torch.testing.assert_close(f, p, rtol=1e-10, atol=1e-12, msg=lambda m: f"gradient of {name}: {m}")
+    out_weights = [torch.randn_like(p) for p in plain]  # a loss that weights every output element differently
+    grads = [torch.autograd.grad(sum((w * o).sum() for w, o in zip(out_weights, outs)), leaves)
+             for outs, leaves in ((fused, leaves_f), (plain, leaves_p))]
+    L = memory.depth
+    names = [f"M{i}" for i in range(L)] + [f"S{i}" for i in range(L)] + "k v q theta eta alpha".split()
+    names += [] if shared_anchor else [f"anchor{i}" for i in range(L)]
+    for name, f, p in zip(names, *grads):
+        torch.testing.assert_close(f, p, rtol=1e-10, atol=1e-11, msg=lambda m: f"gradient of {name}: {m}")
 
 
-def test_fused_layer_passes_gradcheck(float64):
-    inputs = tuple(x.detach().requires_grad_() for x in layer_inputs(n=3, d_in=2, d_out=3))
-    assert torch.autograd.gradcheck(FusedDualLayer.apply, inputs)
+@pytest.mark.parametrize("shared_anchor", [True, False])
+def test_fused_chunk_passes_gradcheck(float64, shared_anchor):
+    memory = MLPMemory(2, depth=2, expansion=1.5, heads=H)
+    weights, anchor, surprise, k, v, q, gates = chunk_inputs(memory, n=3, shared_anchor=shared_anchor)
+    coef = chunk_coefficients(*gates)
+    layout = Layout(memory.depth, memory.activation, memory.residual, shared_anchor)
+    flat = lambda t: t.reshape(-1, *t.shape[2:])  # noqa: E731  (batch and heads merged, as FusedChunk takes them)
+    state = [*weights, *surprise, *([] if shared_anchor else anchor)]
+    inputs = tuple(flat(x).detach().requires_grad_()
+                   for x in (q, k, v, coef.beta, coef.g, coef.e, coef.C, coef.D, *state))
+    assert torch.autograd.gradcheck(lambda *xs: FusedChunk.apply(layout, *xs), inputs)
 
 
-def test_fused_layer_with_unused_state_outputs(float64):
+def test_fused_chunk_with_unused_state_outputs(float64):
     """Only the read is used (the chunk-end state is dropped): the missing output gradients count as zero."""
-    inputs = [x.detach().requires_grad_() for x in layer_inputs()]
-    g_fused = torch.autograd.grad(FusedDualLayer.apply(*inputs)[0].sum(), inputs)
-    g_plain = torch.autograd.grad(dual_layer(*inputs)[0].sum(), inputs, allow_unused=True)
-    for f, p in zip(g_fused, g_plain):
+    memory = MLPMemory(3, depth=2, heads=H)
+    inputs = chunk_inputs(memory)
+    grads = []
+    for step in (fused_chunk, dual_form_chunk):
+        outs, leaves = run_chunk(step, memory, *inputs)
+        grads.append(torch.autograd.grad(outs[0].sum(), leaves, allow_unused=True))
+    for f, p in zip(*grads):
         torch.testing.assert_close(f, torch.zeros_like(f) if p is None else p, rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_memory_runs_the_fused_step_outside_autocast():
+    """The fast path is the one the tests above prove: fused_chunk, one autograd node per chunk."""
+    memory = MLPMemory(D, depth=2, heads=H)
+    y, _ = chunked_memory(memory, *(x.requires_grad_() for x in make_stream(memory)), chunk_size=8)
+    nodes, todo = [], [y.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in nodes:
+            nodes.append(node)
+            todo += [next_node for next_node, _ in node.next_functions]
+    names = [type(node).__name__ for node in nodes]
+    assert names.count("FusedChunkBackward") == 3  # T = 20 tokens in chunks of 8: 8, 8, 4

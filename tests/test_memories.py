@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from titans_edu.memories import MLPMemory, ModuleMemory, associative_loss
+from titans_edu.memories import ACTIVATIONS, MLPMemory, ModuleMemory, associative_loss
 
 
 def autograd_gradient(memory, weights, k, v):
@@ -86,3 +86,14 @@ def test_bad_memory_config_raises(kwargs, message):
 def test_module_memory_without_parameters_raises():
     with pytest.raises(ValueError, match="no parameters"):
         ModuleMemory(nn.Identity())
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_derivatives_written_out_equal_autograd(float64, name):
+    """grad and grad2 of every activation: what grad_terms and the hand-written chunk backward rely on."""
+    act = ACTIVATIONS[name]
+    z = torch.linspace(-6, 6, 101, requires_grad=True)
+    (first,) = torch.autograd.grad(act.fn(z).sum(), z, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), z)
+    torch.testing.assert_close(act.grad(z), first)
+    torch.testing.assert_close(act.grad2(z), second)

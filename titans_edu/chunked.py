@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
-from .fused_layer import FusedDualLayer
+from .fused_chunk import fused_chunk
 from .memories import MLPMemory, ModuleMemory, associative_loss
 from .state import MemoryState, Weights, stream_pieces
 
@@ -78,8 +78,7 @@ def dual_layer(
     """One memory layer of one chunk: the read pre-activations ``z_i = h_i M_i`` and the chunk-end ``M_n, S_n``.
 
     ``h`` ``(..., n, d_in)``: the rows read through this layer; ``a, delta``: this layer's anchor-pass inputs and
-    errors; ``beta, g, e`` ``(..., n)`` and ``C, D`` ``(..., n, n)``: the chunk coefficients. Written for autograd;
-    :class:`titans_edu.fused_layer.FusedDualLayer` computes the same with a hand-written backward.
+    errors; ``beta, g, e`` ``(..., n)`` and ``C, D`` ``(..., n, n)``: the chunk coefficients. Written for autograd.
     """
     # h_i M_i = beta_i h_i M + g_i h_i S - sum_j C_ij (h_i . a_j) delta_j
     z = beta.unsqueeze(-1) * (h @ M) + g.unsqueeze(-1) * (h @ S) - (C * (h @ a.transpose(-1, -2))) @ delta
@@ -98,14 +97,15 @@ def dual_form_chunk(
 ) -> tuple[Tensor, Weights, Weights]:
     """One chunk for an :class:`MLPMemory`, all tokens at once. Returns ``(y, M, S)`` after the chunk.
 
-    Each layer runs :class:`~titans_edu.fused_layer.FusedDualLayer`, the hand-written-backward twin of
-    :func:`dual_layer`; under autocast the plain :func:`dual_layer` runs, so that autocast picks the precisions.
+    The plain form, written for autograd: the anchor pass of :meth:`MLPMemory.grad_terms`, then one
+    :func:`dual_layer` per memory layer. Its fast twin, one autograd node with a hand-written backward pass, is
+    :func:`titans_edu.fused_chunk.fused_chunk`; :func:`chunked_memory` runs this plain form under autocast, so
+    that autocast picks the precisions.
     """
     inputs, deltas = memory.grad_terms(anchor, k, v)  # u_j = a_j^T delta_j at M_{t'}, for every j
-    layer_step = dual_layer if _autocast_on(q) else FusedDualLayer.apply
     h, new_weights, new_surprise = q, [], []
     for layer, (M, S, a, delta) in enumerate(zip(weights, surprise, inputs, deltas)):
-        z, M_n, S_n = layer_step(h, M, S, a, delta, coef.beta, coef.g, coef.e, coef.C, coef.D)
+        z, M_n, S_n = dual_layer(h, M, S, a, delta, coef.beta, coef.g, coef.e, coef.C, coef.D)
         h = memory.act(z) if layer < memory.depth - 1 else z
         new_weights.append(M_n)
         new_surprise.append(S_n)
@@ -168,7 +168,10 @@ def chunked_memory(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     state = state or MemoryState.fresh(memory.initial_weights(k.shape[0]))
-    step = dual_form_chunk if isinstance(memory, MLPMemory) else generic_chunk
+    if isinstance(memory, MLPMemory):  # the fused twin, or the plain form under autocast
+        step = dual_form_chunk if _autocast_on(q) else fused_chunk
+    else:
+        step = generic_chunk
     weights, anchor, surprise, seen = state.weights, state.anchor, state.surprise, state.seen
     sizes = stream_pieces(seen, k.shape[2], chunk_size)
     head = sizes[0] if sizes and seen % chunk_size else 0  # the rest of a chunk an earlier call began

@@ -17,7 +17,7 @@ therefore the matrix ``W`` of shape ``(d_k, d_v)`` and reads ``y = q W``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,14 @@ def associative_loss(prediction: Tensor, target: Tensor) -> Tensor:
     return (prediction - target).pow(2).sum(-1)
 
 
-# --- activations, each with its derivative written out so autograd can differentiate it once more ---
+# --- activations, each with its first and second derivatives written out: the first for the manual backprop of
+# grad_terms, the second for the hand-written backward pass of fused_chunk (autograd differentiates the first) ---
+
+
+class Activation(NamedTuple):
+    fn: Callable[[Tensor], Tensor]
+    grad: Callable[[Tensor], Tensor]  # d fn / dz
+    grad2: Callable[[Tensor], Tensor]  # d^2 fn / dz^2
 
 
 def _silu_grad(z: Tensor) -> Tensor:
@@ -44,16 +51,29 @@ def _silu_grad(z: Tensor) -> Tensor:
     return s * (1 + z * (1 - s))
 
 
+def _silu_grad2(z: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+
+def _gelu_pdf(z: Tensor) -> Tensor:
+    return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
 def _gelu_grad(z: Tensor) -> Tensor:
     cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
-    pdf = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    return cdf + z * pdf
+    return cdf + z * _gelu_pdf(z)
 
 
-ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
-    "silu": (F.silu, _silu_grad),
-    "gelu": (F.gelu, _gelu_grad),
-    "tanh": (torch.tanh, lambda z: 1 - torch.tanh(z) ** 2),
+def _tanh_grad2(z: Tensor) -> Tensor:
+    t = torch.tanh(z)
+    return -2 * t * (1 - t * t)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "silu": Activation(F.silu, _silu_grad, _silu_grad2),
+    "gelu": Activation(F.gelu, _gelu_grad, lambda z: _gelu_pdf(z) * (2 - z * z)),
+    "tanh": Activation(torch.tanh, lambda z: 1 - torch.tanh(z) ** 2, _tanh_grad2),
 }
 
 
@@ -100,7 +120,7 @@ class MLPMemory(nn.Module):
         self.dims = tuple(dims)
         self.depth, self.heads, self.residual = depth, heads, residual
         self.activation = activation
-        self.act, self.act_grad = ACTIVATIONS[activation]
+        self.act, self.act_grad, _ = ACTIVATIONS[activation]
         self.initial = nn.ParameterList(
             nn.Parameter(torch.randn(heads, d_in, d_out) / math.sqrt(d_in)) for d_in, d_out in zip(dims, dims[1:])
         )
