@@ -4,10 +4,11 @@
 :meth:`MLPMemory.grad_terms`, then one :func:`~titans_edu.chunked.dual_layer` per memory layer. Left to autograd,
 a chunk becomes some forty graph nodes, and the weights ``M_{t'}`` of a new chunk receive two gradients (one as
 the anchor of the gradients ``u_j``, one as the weights the chunk starts from) that autograd adds up in a pass of
-their own over every ``(d_in, d_out)`` matrix. Here the whole chunk is one node. Its forward pass writes each new
-state matrix once, then lets a matmul accumulate into it; its backward pass writes ``dM`` and ``dS`` once each and
-lets every matmul that contributes to them (the read, the chunk end and the anchor pass) accumulate on top. The
-numbers are the plain version's: tests compare outputs and every gradient in float64, and run ``gradcheck``.
+their own over every ``(d_in, d_out)`` matrix. Here the whole chunk is one node. Its forward pass builds each new
+state matrix in one buffer (scaled, added to, then a matmul accumulates into it); its backward pass does the same
+for ``dM`` and ``dS``, and every matmul that contributes to them (the read, the chunk end and the anchor pass)
+accumulates on top. The numbers are the plain version's: tests compare outputs and every gradient in float64,
+and run ``gradcheck``.
 
 Notation, for memory layer ``l`` with weights ``M_l`` ``(d_{l-1}, d_l)`` (rows are vectors, as in the paper):
 
@@ -26,12 +27,15 @@ dims merged into one leading dim ``N``: ``q, k`` ``(N, n, d_0)``, ``v`` ``(N, n,
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from .memories import ACTIVATIONS, MLPMemory
+
+if TYPE_CHECKING:  # chunked imports this module
+    from .chunked import ChunkCoefficients
 
 
 class Layout(NamedTuple):
@@ -181,7 +185,7 @@ class FusedChunk(torch.autograd.Function):
 
 def fused_chunk(
     memory: MLPMemory, weights: Sequence[Tensor], anchor: Sequence[Tensor], surprise: Sequence[Tensor], k: Tensor,
-    v: Tensor, q: Tensor, coef,
+    v: Tensor, q: Tensor, coef: ChunkCoefficients,
 ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
     """:func:`chunked.dual_form_chunk` through :class:`FusedChunk`: same arguments, shapes and results."""
     lead = q.shape[:-2]  # (batch, heads)
