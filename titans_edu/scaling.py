@@ -70,7 +70,7 @@ def _one_pass(variant: str, size: str, depth: int, batch: int, seq: int, overrid
         saved[storage._cdata] = (storage, storage.nbytes())
         return t
 
-    # the counter knows baddbmm but not its in-place form, which fused_layer uses: count it as its matmul
+    # the counter knows baddbmm but not its in-place form, which fused_chunk uses: count it as its matmul
     inplace = {torch.ops.aten.baddbmm_: lambda _, a, b, *args, out_shape=None, **kwargs: bmm_flop(a, b)}
     counter = FlopCounterMode(display=False, custom_mapping=inplace)
     with counter, torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
