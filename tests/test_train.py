@@ -193,3 +193,17 @@ def test_full_size_presets_follow_the_paper_recipe(size):
     with torch.device("meta"):  # count the parameters without allocating them
         model = build_model("mac", size)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(NOMINAL_PARAMS[size], rel=0.1)
+
+
+def test_a_run_is_float32_whatever_the_callers_default_dtype(tmp_path):
+    flags = ["--max_steps=3", "--eval_every=3", "--eval_batches=1"]
+    assert run(tmp_path / "f32", *flags) == 0
+    torch.set_default_dtype(torch.float64)  # as the notebooks' setup() leaves it
+    try:
+        assert run(tmp_path / "f64", *flags) == 0
+        assert torch.get_default_dtype() == torch.float64  # the caller's default is given back
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert losses(tmp_path / "f32") == losses(tmp_path / "f64")
+    weights = ckpt.load_checkpoint(tmp_path / "f64" / "ckpt")["model"]
+    assert {w.dtype for w in weights.values() if w.is_floating_point()} == {torch.float32}

@@ -62,3 +62,13 @@ def test_training_memory_arithmetic():
     assert sharded["weights"] == 0.25 / 4 and sharded["activations"] == plain["activations"]
     recompute = training_memory(GiB // 16, costs, depth=4, dim=8, seq=16, micro_batch=1, checkpointing=True)
     assert recompute["activations"] == pytest.approx((4 * 16 * 8 * 4 + 3 * GiB) / GiB)
+
+
+def test_estimates_are_float32_whatever_the_default_dtype():
+    float32 = block_costs("mac", "tiny", seq=64)
+    torch.set_default_dtype(torch.float64)  # as the notebooks' setup() leaves it
+    try:
+        assert block_costs("mac", "tiny", seq=64) == float32
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)

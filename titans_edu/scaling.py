@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, bmm_flop
 
+from .env import default_dtype
 from .models import build_model
 
 GiB = 2**30
@@ -56,8 +57,9 @@ def count_parameters(variant: str, size: str, **overrides) -> int:
         return sum(p.numel() for p in build_model(variant, size, **overrides).parameters())
 
 
+@default_dtype(torch.float32)  # the figures are float32 ones, whatever the caller's default
 def _one_pass(variant: str, size: str, depth: int, batch: int, seq: int, overrides: dict) -> tuple[int, int]:
-    """FLOPs of forward+backward, and the bytes autograd saves, for a model of ``depth`` blocks."""
+    """FLOPs of forward+backward, and the bytes autograd saves, for a model of ``depth`` blocks (float32)."""
     with torch.device("meta"):
         model = build_model(variant, size, **{**overrides, "depth": depth})
         tokens = torch.zeros(batch, seq, dtype=torch.long)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .data import BatchSampler, open_source
+from .env import default_dtype
 from .parallel import (Runtime, broadcast_from_main, init_runtime, mean_across_processes, shutdown, unwrapped,
                        wrap_model)
 from .run_log import RunLog, bits_per_byte
@@ -120,7 +121,10 @@ def train(cfg: TrainConfig, build: ModelBuilder | None = None) -> dict:
         from .models import build_model as build
     rt = init_runtime(cfg.device, cfg.dtype)
     try:
-        return _train(cfg, build, rt)
+        # Weights, optimizer state and the loss are float32 (bfloat16 only inside autocast), also when the caller
+        # made float64 the default, as the notebooks' setup() does: a run in a notebook is the command line's run.
+        with default_dtype(torch.float32):
+            return _train(cfg, build, rt)
     finally:
         shutdown(rt)
 
