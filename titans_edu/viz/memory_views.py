@@ -180,7 +180,7 @@ def write_stream(memory: MLPMemory, keys: Tensor, values: Tensor, theta: float, 
     return history
 
 
-def fit_memory(memory: MLPMemory, keys: Tensor, values: Tensor, steps: int, theta: float = 0.5,
+def fit_memory(memory: MLPMemory, keys: Tensor, values: Tensor, steps: int, theta: float = 0.4,
                eta: float = 0.9, record_every: int = 10, tol: float = 1e-6) -> tuple[Weights, list[tuple[int, float]]]:
     """Store all pairs by many inner steps, each on the whole set: how a memory is given time to fit.
 
