@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -236,6 +236,12 @@ class Attention(nn.Module):
         k, v = self._keys_values(p.unsqueeze(0))
         return k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
 
+    def project(self, x: Tensor, positions: Tensor) -> "Projected":
+        """Queries, keys and values of the tokens ``x (batch, n, dim)`` at ``positions (n,)``: rotated and raw."""
+        q_raw, k, v = (self.split_heads(t) for t in self.to_qkv(x).chunk(3, dim=-1))
+        q, k = rope(torch.stack([q_raw, k]), positions, self.rope_base).unbind(0)  # both share the positions
+        return Projected(q, q_raw, k, v)
+
     def forward(
         self, x: Tensor, positions: Tensor, cache: KVCache | None = None, window: int | None = None,
         persistent: Tensor | None = None, extra: Tensor | None = None, keep: int | None = None,
@@ -247,16 +253,21 @@ class Attention(nn.Module):
         share the positions of ``x`` (MAC's memory tokens h). ``keep``: how many cache entries to keep
         (None = all).
         """
-        batch = x.shape[0]
-        q_raw, k, v = (self.split_heads(t) for t in self.to_qkv(x).chunk(3, dim=-1))
-        rows = [q_raw, k]
-        if extra is not None:
-            k_extra, v_extra = self._keys_values(extra)
-            rows.append(k_extra)
-        q, k, *k_extra = rope(torch.stack(rows), positions, self.rope_base).unbind(0)  # all share the positions
+        prefix = None if persistent is None else self.persistent_keys_values(persistent, x.shape[0])
+        return self.attend_projected(self.project(x, positions), positions, cache, window, prefix, extra, keep)
+
+    def attend_projected(
+        self, tokens: "Projected", positions: Tensor, cache: KVCache | None = None, window: int | None = None,
+        prefix: tuple[Tensor, Tensor] | None = None, extra: Tensor | None = None, keep: int | None = None,
+    ) -> tuple[Tensor, KVCache]:
+        """:meth:`forward` from tokens already projected (:meth:`project`) and persistent keys and values already
+        computed (:meth:`persistent_keys_values`): MAC projects a whole call at once and attends segment by segment."""
+        q, k, v = tokens.q, tokens.k, tokens.v
+        batch = q.shape[0]
         k_pos = positions
         if extra is not None:
-            k = torch.cat([k_extra[0], k], dim=2)
+            k_extra, v_extra = self._keys_values(extra)
+            k = torch.cat([rope(k_extra, positions, self.rope_base), k], dim=2)
             v = torch.cat([v_extra, v], dim=2)
             k_pos = torch.cat([positions, positions])
         if cache is None:
@@ -265,8 +276,21 @@ class Attention(nn.Module):
         keys = torch.cat([cache.keys, k.to(cache.keys.dtype)], dim=2)
         values = torch.cat([cache.values, v.to(cache.values.dtype)], dim=2)
         k_pos = torch.cat([cache.positions, k_pos])
-        prefix = None if persistent is None else self.persistent_keys_values(persistent, batch)
         same_tokens = len(cache) == 0 and extra is None  # a shape, not a value: no sync, no recompile
-        y = attend(q, keys.to(q.dtype), values.to(q.dtype), positions, k_pos, window, prefix, q_raw, self.backend,
-                   same_tokens)
+        y = attend(q, keys.to(q.dtype), values.to(q.dtype), positions, k_pos, window, prefix, tokens.q_raw,
+                   self.backend, same_tokens)
         return self.to_out(y.transpose(1, 2).flatten(2)), new_cache
+
+
+class Projected(NamedTuple):
+    """What :meth:`Attention.project` gives: ``(batch, heads, n, hd)`` each; ``q`` and ``k`` rotated, ``q_raw`` not
+    (persistent keys are scored against it)."""
+
+    q: Tensor
+    q_raw: Tensor
+    k: Tensor
+    v: Tensor
+
+    def split(self, sizes: list[int]) -> list["Projected"]:
+        """Consecutive pieces of ``sizes`` tokens (``split``, not slicing: its backward pass is one ``cat``)."""
+        return [Projected(*parts) for parts in zip(*(t.split(sizes, dim=2) for t in self))]

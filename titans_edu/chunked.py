@@ -168,32 +168,47 @@ def chunked_memory(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     state = state or MemoryState.fresh(memory.initial_weights(k.shape[0]))
+    weights, anchor, surprise, seen = state.weights, state.anchor, state.surprise, state.seen
+    lead = k.shape[:2]  # (batch, heads)
     if isinstance(memory, MLPMemory):  # the fused twin, or the plain form under autocast
         step = dual_form_chunk if _autocast_on(q) else fused_chunk
+        # these run with batch and heads merged into one dim, once for the whole call rather than once per chunk
+        k, v, q, theta, eta, alpha = (t.flatten(0, 1) for t in (k, v, q, theta, eta, alpha))
+        weights, anchor, surprise = _relayout((weights, anchor, surprise), lambda t: t.flatten(0, 1))
     else:
         step = generic_chunk
-    weights, anchor, surprise, seen = state.weights, state.anchor, state.surprise, state.seen
-    sizes = stream_pieces(seen, k.shape[2], chunk_size)
+    axis = theta.dim() - 1  # where the chunk index goes in the gates: after the batch (and heads) dims
+    sizes = stream_pieces(seen, k.shape[axis], chunk_size)
     head = sizes[0] if sizes and seen % chunk_size else 0  # the rest of a chunk an earlier call began
     whole = sum(n == chunk_size for n in sizes)  # (a head is always shorter than a chunk)
 
-    # the coefficients of all whole chunks in one batched call: (batch, heads, chunks, b[, b])
+    # the coefficients of all whole chunks in one batched call: (..., chunks, b[, b]), then one per chunk
     body = slice(head, head + whole * chunk_size)
     gates = [g[..., body].unflatten(-1, (whole, chunk_size)) for g in (theta, eta, alpha)]
-    body_coef = chunk_coefficients(*gates) if whole else None
+    body_coef = iter(zip(*(x.unbind(axis) for x in chunk_coefficients(*gates)))) if whole else None
 
-    parts = zip(*(t.split(sizes, dim=2) for t in (k, v, q, theta, eta, alpha)))  # split: one cat in backward
-    ys, chunk = [], 0
+    parts = zip(*(t.split(sizes, dim=axis) for t in (k, v, q, theta, eta, alpha)))  # split: one cat in backward
+    ys = []
     for n, (k_c, v_c, q_c, theta_c, eta_c, alpha_c) in zip(sizes, parts):
         if seen % chunk_size == 0:
             anchor = weights  # a new chunk: gradients are taken at M_{t'}
         if n == chunk_size:  # a whole chunk: its coefficients are already computed
-            coef = ChunkCoefficients(*(x[:, :, chunk] for x in body_coef))
-            chunk += 1
+            coef = ChunkCoefficients(*next(body_coef))
         else:
             coef = chunk_coefficients(theta_c, eta_c, alpha_c)
         y, weights, surprise = step(memory, weights, anchor, surprise, k_c, v_c, q_c, coef)
         ys.append(y)
         seen += n
-    y = torch.cat(ys, dim=2) if ys else q.new_zeros(*q.shape[:-1], v.shape[-1])
+    y = torch.cat(ys, dim=axis) if ys else q.new_zeros(*q.shape[:-1], v.shape[-1])
+    if step is not generic_chunk:  # batch and heads apart again
+        y = y.unflatten(0, lead)
+        weights, anchor, surprise = _relayout((weights, anchor, surprise), lambda t: t.unflatten(0, lead))
     return y, MemoryState(weights=weights, anchor=anchor, surprise=surprise, seen=seen, conv=state.conv)
+
+
+def _relayout(states: tuple[Weights, Weights, Weights], change) -> tuple[Weights, Weights, Weights]:
+    """``change`` every tensor of ``(weights, anchor, surprise)``, keeping an anchor that *is* the weights so:
+    the fused step tells a chunk that starts at these weights by that identity."""
+    weights, anchor, surprise = states
+    new = tuple(map(change, weights))
+    return new, tuple(n if a is w else change(a) for a, w, n in zip(anchor, weights, new)), tuple(map(change, surprise))

@@ -188,12 +188,12 @@ def fused_chunk(
     v: Tensor, q: Tensor, coef: ChunkCoefficients,
 ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
     """:func:`chunked.dual_form_chunk` through :class:`FusedChunk`: same arguments, shapes and results."""
-    lead = q.shape[:-2]  # (batch, heads)
-    flat = lambda t: t.reshape(-1, *t.shape[len(lead):])  # noqa: E731
+    lead = q.shape[:-2]  # (N,) when the caller merged batch and heads already (chunked_memory does), else (batch, heads)
+    flat = (lambda t: t) if len(lead) == 1 else (lambda t: t.reshape(-1, *t.shape[len(lead):]))  # noqa: E731
     shared = all(w is m for w, m in zip(anchor, weights))
     layout = Layout(memory.depth, memory.activation, memory.residual, shared)
     state = (*weights, *surprise, *(() if shared else anchor))
     out = FusedChunk.apply(layout, *map(flat, (q, k, v, coef.beta, coef.g, coef.e, coef.C, coef.D, *state)))
-    unflat = lambda t: t.view(*lead, *t.shape[1:])  # noqa: E731
+    unflat = (lambda t: t) if len(lead) == 1 else (lambda t: t.view(*lead, *t.shape[1:]))  # noqa: E731
     L = memory.depth
     return unflat(out[0]), tuple(map(unflat, out[1 : 1 + L])), tuple(map(unflat, out[1 + L :]))

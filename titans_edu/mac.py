@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from .attention import KVCache
+from .attention import KVCache, Projected
 from .blocks import MemoryGate
 from .model_config import ModelConfig
 from .persistent import hybrid_parts
@@ -98,30 +98,46 @@ class MACMixer(nn.Module):
     def forward(self, x: Tensor, state: MACState) -> tuple[Tensor, MACState]:
         """Cut ``x`` at the segment boundaries (counted from the stream start) and run each piece.
 
-        The read queries depend on ``x`` alone, not on the memory, so they are computed for all of ``x`` at once.
+        What depends on ``x`` alone, not on the memory, is computed for all of ``x`` at once: the read queries,
+        the read's output gate, the attention's queries, keys and values of the tokens, and the persistent keys.
+        So is what no later segment needs: the memory's output head on the writes, and the gate of Eq. 25.
+        Only the memory read, the attention and the memory write run segment by segment.
         """
         q, read_conv = self.read_queries(x, state.read_conv)
+        read_gate = self.memory.out_gate(x)
+        positions = torch.arange(state.position, state.position + x.shape[1], device=x.device)
+        tokens = self.attention.project(x, positions)
+        prefix = None
+        if self.persistent is not None:
+            prefix = self.attention.persistent_keys_values(self.persistent.tokens, x.shape[0])
         state = replace(state, read_conv=read_conv)
         sizes = stream_pieces(state.position, x.shape[1], self.segment)
-        outputs = []
-        for x_s, q_s in zip(x.split(sizes, dim=1), q.split(sizes, dim=2)):
+        pieces = zip(q.split(sizes, dim=2), read_gate.split(sizes, dim=1), tokens.split(sizes), positions.split(sizes))
+        ys, reads = [], []
+        for q_s, gate_s, tokens_s, positions_s in pieces:  # split, not slices: each backward pass is one cat
             if state.position % self.segment == 0:  # a new segment: M_{t-1} is the memory now, the window empty
                 state = replace(state, segment_start=state.memory.weights, cache=state.cache.cleared())
-            out, state = self.segment_step(x_s, q_s, state)
-            outputs.append(out)
-        return (torch.cat(outputs, dim=1) if outputs else x), state
+            y, read, state = self.segment_step(q_s, gate_s, tokens_s, positions_s, prefix, state)
+            ys.append(y)
+            reads.append(read)
+        if not ys:
+            return x, state
+        y, read = torch.cat(ys, dim=1), torch.cat(reads, dim=2)
+        # Eq. 25: o_t = y_t ⊗ M*_t(y_t), the memory's output head applied to the reads of every segment at once
+        return self.gate(y, self.memory.output(read, y)), state
 
-    def segment_step(self, x: Tensor, q: Tensor, state: MACState) -> tuple[Tensor, MACState]:
-        """Eqs. 21-25 for ``x (batch, n, dim)``, the next ``n`` tokens of the current segment, and their read
-        queries ``q`` (:meth:`read_queries`)."""
-        positions = torch.arange(state.position, state.position + x.shape[1], device=x.device)
+    def segment_step(
+        self, q: Tensor, read_gate: Tensor, tokens: Projected, positions: Tensor,
+        prefix: tuple[Tensor, Tensor] | None, state: MACState,
+    ) -> tuple[Tensor, Tensor, MACState]:
+        """Eqs. 21-24 for the next ``n`` tokens of the current segment, at ``positions (n,)``: their read queries
+        ``q`` (:meth:`read_queries`), the output gate of that read, their attention projections and the
+        persistent keys and values. Returns ``y_t (batch, n, dim)``, the per-head reads ``M*_t(y_t)`` before the
+        memory's output head, and the state."""
         # Eq. 21: h_t = M*_{t-1}(q_t), a read with the segment-start memory (no update)
-        h = self.memory.output(self.memory.memory(state.segment_start, q), x)
+        h = self.memory.gated_output(self.memory.memory(state.segment_start, q), read_gate)
         # Eqs. 22-23: y_t = Attn([p || h_t || S^(t)]), causal inside the window
-        p = None if self.persistent is None else self.persistent.tokens
-        y, cache = self.attention(x, positions, state.cache, window=None, persistent=p, extra=h)
+        y, cache = self.attention.attend_projected(tokens, positions, state.cache, None, prefix, extra=h)
         # Eq. 24: M_t = M_{t-1}(y_t); and M*_t(y_t), position i read with M after token i
-        m, memory = self.memory(y, state.memory)
-        # Eq. 25: o_t = y_t ⊗ M*_t(y_t)
-        o = self.gate(y, m)
-        return o, MACState(memory, state.segment_start, state.read_conv, cache, state.position + x.shape[1])
+        read, memory = self.memory.write_read(y, state.memory)
+        return y, read, MACState(memory, state.segment_start, state.read_conv, cache, state.position + len(positions))

@@ -196,13 +196,25 @@ class NeuralMemory(nn.Module):
 
     def output(self, y: Tensor, x: Tensor) -> Tensor:
         """RMSNorm, the linear gate and the output projection: ``(batch, heads, seq, hd) -> (batch, seq, dim)``."""
-        y = self.norm(y).transpose(1, 2).flatten(2)
-        return self.to_out(y * torch.sigmoid(self.to_out_gate(x)))
+        return self.gated_output(y, self.out_gate(x))
+
+    def out_gate(self, x: Tensor) -> Tensor:
+        """The linear gate of §4.4, ``sigmoid(x W_G)``: ``(batch, seq, dim) -> (batch, seq, heads * hd)``."""
+        return torch.sigmoid(self.to_out_gate(x))
+
+    def gated_output(self, y: Tensor, gate: Tensor) -> Tensor:
+        """:meth:`output` with its gate already computed (MAC computes the gates of a whole call at once)."""
+        return self.to_out(self.norm(y).transpose(1, 2).flatten(2) * gate)
 
     # --- the whole layer ---
 
     def forward(self, x: Tensor, state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
         """Write every token of ``x`` into the memory and read it back. ``x``: ``(batch, seq, dim)``."""
+        y, state = self.write_read(x, state)
+        return self.output(y, x), state
+
+    def write_read(self, x: Tensor, state: MemoryState | None = None) -> tuple[Tensor, MemoryState]:
+        """:meth:`forward` without the output head: the reads ``M_t(q_t)`` per head, ``(batch, heads, seq, hd)``."""
         c = self.config
         if x.dim() != 3 or x.shape[-1] != c.dim:
             raise ValueError(
@@ -219,7 +231,7 @@ class NeuralMemory(nn.Module):
         theta, eta, alpha = self.gates(x)
         rule = chunked_memory if c.impl == "chunked" else naive_memory
         y, new_state = rule(self.memory, k, v, q, theta, eta, alpha, c.chunk_size, state)
-        return self.output(y, x), replace(new_state, conv=conv)
+        return y, replace(new_state, conv=conv)
 
     def check_state(self, state: MemoryState, batch: int) -> None:
         if not isinstance(state, MemoryState):
