@@ -90,10 +90,12 @@ def test_module_memory_without_parameters_raises():
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_activation_derivatives_written_out_equal_autograd(float64, name):
-    """grad and grad2 of every activation: what grad_terms and the hand-written chunk backward rely on."""
+    """grad, grad2 and chain of every activation: what grad_terms and the hand-written chunk backward rely on."""
     act = ACTIVATIONS[name]
     z = torch.linspace(-6, 6, 101, requires_grad=True)
     (first,) = torch.autograd.grad(act.fn(z).sum(), z, create_graph=True)
     (second,) = torch.autograd.grad(first.sum(), z)
     torch.testing.assert_close(act.grad(z), first)
     torch.testing.assert_close(act.grad2(z), second)
+    g = torch.randn(101, generator=torch.Generator().manual_seed(0), dtype=z.dtype)
+    torch.testing.assert_close(act.chain(g, z.detach()), g * first.detach())

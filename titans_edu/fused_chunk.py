@@ -52,6 +52,11 @@ def _dots(x: Tensor, y: Tensor) -> Tensor:
     return torch.linalg.vecdot(x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1))
 
 
+def _add(term: Tensor, total: Tensor | None) -> Tensor:
+    """``total + term``, written into ``term`` (a fresh tensor); the first term of a sum is the sum."""
+    return term if total is None else term.add_(total)
+
+
 class FusedChunk(torch.autograd.Function):
     """``(layout, q, k, v, beta, g, e, C, D, *M, *S[, *A]) -> (y, *M', *S')``; see the module docstring.
 
@@ -78,7 +83,7 @@ class FusedChunk(torch.autograd.Function):
         G = [None] * (L - 1)
         for i in range(L - 2, -1, -1):
             G[i] = torch.bmm(delta[i + 1], A[i + 1].transpose(1, 2))
-            delta[i] = G[i] * act.grad(z[i])
+            delta[i] = act.chain(G[i], z[i])  # G_i * act'(z_i)
 
         # the read, row i with M_i (dual form), and the chunk-end state
         beta_, g_ = beta.unsqueeze(-1), g.unsqueeze(-1)
@@ -125,22 +130,22 @@ class FusedChunk(torch.autograd.Function):
         beta_, g_ = beta.unsqueeze(-1), g.unsqueeze(-1)
         beta_n, g_n, e_n = (x[:, -1, None, None] for x in (beta, g, e))
         c, d = C[:, -1, :, None], D[:, -1, :, None]
-        d_beta, d_g = torch.zeros_like(beta), torch.zeros_like(g)
-        d_e, dC, dD = torch.zeros_like(e), torch.zeros_like(C), torch.zeros_like(D)
+        d_beta = d_g = dC = None  # sums over the layers, started by the last layer's term
+        d_e, dD = torch.zeros_like(e), torch.zeros_like(D)  # only their last row is reached
         dM, dS, da, d_delta = [None] * L, [None] * L, [None] * L, [None] * L
 
         # the read and the chunk end, last layer first
         dh = dy
         for i in range(L - 1, -1, -1):
-            dr = dh if i == L - 1 else dh * act.grad(r[i])
+            dr = dh if i == L - 1 else act.chain(dh, r[i])
             X, Y = torch.bmm(dr, M[i].transpose(1, 2)), torch.bmm(dr, S[i].transpose(1, 2))  # (N, n, d_{i})
-            d_beta += (X * h[i]).sum(-1)
-            d_g += (Y * h[i]).sum(-1)
+            d_beta = _add((X * h[i]).sum(-1), d_beta)
+            d_g = _add((Y * h[i]).sum(-1), d_g)
             # the causal term -(C * P) delta, with P = h a^T
             dK = torch.bmm(dr, delta[i].transpose(1, 2)).neg_()
             d_delta[i] = torch.bmm((C * P[i]).transpose(1, 2), dr).neg_()
             dP = dK * C
-            dC += dK * P[i]
+            dC = _add(dK * P[i], dC)
             dh_prev = X.mul_(beta_).addcmul_(Y, g_).baddbmm_(dP, a[i])
             da[i] = torch.bmm(dP.transpose(1, 2), h[i])
             # the state: dM = beta_n dM' + h^T (beta * dr),  dS = e_n dS' + g_n dM' + h^T (g * dr)
@@ -164,7 +169,7 @@ class FusedChunk(torch.autograd.Function):
         dA = dM if layout.shared_anchor else [torch.zeros_like(w) for w in A]
         dz_from_delta = [None] * (L - 1)
         for i in range(L - 1):  # delta_i = G_i * act'(z_i),  G_i = delta_{i+1} A_{i+1}^T
-            dG = d_delta[i] * act.grad(z[i])
+            dG = act.chain(d_delta[i], z[i])
             dz_from_delta[i] = d_delta[i] * G[i] * act.grad2(z[i])
             d_delta[i + 1].baddbmm_(dG, A[i + 1])
             dA[i + 1].baddbmm_(dG.transpose(1, 2), delta[i + 1])
@@ -176,7 +181,7 @@ class FusedChunk(torch.autograd.Function):
             dA[i].baddbmm_(a[i].transpose(1, 2), dz)
             da_i = da[i].baddbmm_(dz, A[i].transpose(1, 2))
             if i > 0:
-                dz = da_i * act.grad(z[i - 1]) + dz_from_delta[i - 1]
+                dz = act.chain(da_i, z[i - 1]).add_(dz_from_delta[i - 1])
             else:
                 dk += da_i
         return (None, dq, dk, dv, d_beta, d_g, d_e, dC, dD, *dM, *dS,

@@ -44,6 +44,7 @@ class Activation(NamedTuple):
     fn: Callable[[Tensor], Tensor]
     grad: Callable[[Tensor], Tensor]  # d fn / dz
     grad2: Callable[[Tensor], Tensor]  # d^2 fn / dz^2
+    chain: Callable[[Tensor, Tensor], Tensor]  # (g, z) -> g * grad(z), in one kernel where PyTorch has one
 
 
 def _silu_grad(z: Tensor) -> Tensor:
@@ -71,9 +72,10 @@ def _tanh_grad2(z: Tensor) -> Tensor:
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "silu": Activation(F.silu, _silu_grad, _silu_grad2),
-    "gelu": Activation(F.gelu, _gelu_grad, lambda z: _gelu_pdf(z) * (2 - z * z)),
-    "tanh": Activation(torch.tanh, lambda z: 1 - torch.tanh(z) ** 2, _tanh_grad2),
+    "silu": Activation(F.silu, _silu_grad, _silu_grad2, torch.ops.aten.silu_backward),
+    "gelu": Activation(F.gelu, _gelu_grad, lambda z: _gelu_pdf(z) * (2 - z * z), torch.ops.aten.gelu_backward),
+    "tanh": Activation(torch.tanh, lambda z: 1 - torch.tanh(z) ** 2, _tanh_grad2,
+                       lambda g, z: torch.ops.aten.tanh_backward(g, torch.tanh(z))),
 }
 
 
@@ -120,7 +122,7 @@ class MLPMemory(nn.Module):
         self.dims = tuple(dims)
         self.depth, self.heads, self.residual = depth, heads, residual
         self.activation = activation
-        self.act, self.act_grad, _ = ACTIVATIONS[activation]
+        self.act, self.act_grad = ACTIVATIONS[activation].fn, ACTIVATIONS[activation].grad
         self.initial = nn.ParameterList(
             nn.Parameter(torch.randn(heads, d_in, d_out) / math.sqrt(d_in)) for d_in, d_out in zip(dims, dims[1:])
         )
