@@ -16,12 +16,14 @@ NOTEBOOK_THREADS = 2  # results are bitwise repeatable at a fixed thread count, 
 
 def setup(seed: int = 0, threads: int = NOTEBOOK_THREADS, dtype: torch.dtype = torch.float64) -> None:
     """Fix the seeds, the thread count, the default dtype and the plot style, so a notebook prints the same
-    numbers every run, on every CPU.
+    numbers every run, and on other CPUs too.
 
     The default dtype is float64. Processors differ in how their matmul kernels round float32 (the order of the
     sums depends on the vector width), and a few hundred training steps grow that difference of about 1e-7 into
     the second decimal of a trained model's accuracy. In float64 the same growth stays far below the printed
-    digits. Pass ``dtype=torch.float32`` to see the precision the trainer uses on CPU.
+    digits, except in a training run that learns almost nothing, which is chaotic: notebook 10 checks such
+    runs with margins rather than digits. Pass ``dtype=torch.float32`` to see the precision the trainer uses on
+    CPU.
     """
     torch.set_num_threads(threads)
     torch.set_default_dtype(dtype)
