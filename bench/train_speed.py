@@ -2,9 +2,10 @@
 
     python bench/train_speed.py                  # all six variants, then the MAC comparison
     python bench/train_speed.py --quick          # 3 rounds instead of 7
+    python bench/train_speed.py --threads 2      # every model on two threads
 
 A training step is what ``titans_edu.train`` does: forward, next-token cross-entropy, backward, AdamW step,
-on the CPU demo's batch of 8 windows x 256 bytes (2,048 tokens), in float32, with 1 thread (the demo's
+on the CPU demo's batch of 8 windows x 256 bytes (2,048 tokens), in float32, with 1 thread by default (the demo's
 setting; see ``train_config``). Each figure is the median over rounds after a warm-up step.
 
 The comparison with titans-pytorch 0.5.5 (``pip install -e '.[bench]'``) times both models in this one
@@ -92,16 +93,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 rounds")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads (default 1, the demo's)")
     parser.add_argument("--out", default="bench/results/train_speed.json")
     args = parser.parse_args(argv)
     rounds = 3 if args.quick else args.rounds
-    torch.set_num_threads(THREADS)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as titans_edu.train does on CPU
     conditions = machine_conditions()
     print_conditions(conditions)
 
     variants = tokens_per_second({v: make_step(ours(v), external=False) for v in VARIANTS}, rounds)
-    print(f"training step at tiny, batch {BATCH} x {CONTEXT} tokens, float32, {THREADS} thread, median of {rounds}\n")
+    print(f"training step at tiny, batch {BATCH} x {CONTEXT} tokens, float32, {args.threads} thread(s), median of {rounds}\n")
     print("| variant | parameters | tokens/s |")
     print("| --- | --- | --- |")
     for v, rate in variants.items():
