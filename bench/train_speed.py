@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     print_conditions(conditions)
 
     variants = tokens_per_second({v: make_step(ours(v), external=False) for v in VARIANTS}, rounds)
-    print(f"training step at tiny, batch {BATCH} x {CONTEXT} tokens, float32, {args.threads} thread(s), median of {rounds}\n")
+    print(f"training step at tiny, batch {BATCH} x {CONTEXT} tokens, float32, {args.threads} thread(s), "
+          f"median of {rounds}\n")
     print("| variant | parameters | tokens/s |")
     print("| --- | --- | --- |")
     for v, rate in variants.items():
