@@ -153,12 +153,30 @@ def test_heads_must_divide_dim_and_head_dim_be_even():
         Attention(dim=6, heads=2)
 
 
-def test_cpu_takes_the_sdpa_path():
+def test_cpu_takes_the_math_path_with_persistent_keys_and_sdpa_without():
     q = torch.zeros(1, 1, 1, 4)
+    assert attention_backend(q, n_keys=10**6, persistent=True) == "math"
     assert attention_backend(q, n_keys=10**6) == "sdpa"
-    assert attention_backend(q, n_keys=10, backend="sdpa") == "sdpa"
+    assert attention_backend(q, n_keys=10, backend="sdpa", persistent=True) == "sdpa"
     with pytest.raises(ValueError, match="backend"):
         attention_backend(q, 10, backend="dense")
+
+
+@pytest.mark.parametrize("window, n_p", [(None, 0), (3, 0), (None, 2), (4, 3)])
+def test_math_and_sdpa_paths_agree_on_outputs_and_gradients(float64, window, n_p):
+    b, h, n, m, d = 2, 2, 5, 9, 4
+    leaves = [torch.randn(*shape, requires_grad=True) for shape in
+              [(b, h, n, d), (b, h, n, d), (b, h, m, d), (b, h, m, 6), (b, h, n_p, d), (b, h, n_p, 6)]]
+    q, q_raw, k, v, k_p, v_p = leaves
+    q_pos, k_pos = torch.arange(14, 14 + n), torch.arange(10, 10 + m)
+    persistent = (k_p, v_p) if n_p else None
+    outs = [attend(q, k, v, q_pos, k_pos, window, persistent, q_raw, backend=path) for path in ("math", "sdpa")]
+    assert torch.allclose(outs[0], outs[1], atol=1e-12)
+    weight = torch.randn_like(outs[0])
+    grads = [torch.autograd.grad((out * weight).sum(), leaves, allow_unused=True) for out in outs]
+    for got, want in zip(*grads):
+        assert (got is None) == (want is None)
+        assert got is None or torch.allclose(got, want, atol=1e-12)
 
 
 def test_cpu_forward_never_calls_flex(monkeypatch, float64):

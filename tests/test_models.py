@@ -129,8 +129,8 @@ def state_numel(obj) -> int:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_state_size_per_token(variant, small):
-    """The state a step reads: flat for LMM, MAG, MAL and SWA; for MAC it grows within a segment and drops at
-    the next; for Transformer++ it grows with the context."""
+    """The state a step reads: flat for LMM, MAG, MAL and SWA; for MAC it grows within a segment and drops when
+    the segment ends; for Transformer++ it grows with the context."""
     model = small(variant, depth=1)
     x = tokens(batch=1, seq=31)
     sizes, state = [], model.init_state(1)
@@ -139,8 +139,9 @@ def test_state_size_per_token(variant, small):
         sizes.append(state_numel(state))
     if variant in ("lmm", "mag", "mal", "swa"):
         assert len(set(sizes[5:])) == 1  # once the window is full
-    elif variant == "mac":  # segment 5: positions 4, 9, ... end a segment; 5, 10, ... start one
-        assert sizes[9] == sizes[29] and sizes[10] == sizes[25] and sizes[10] < sizes[9]
+    elif variant == "mac":  # segment 5: positions 4, 9, ... end a segment (and its window); 5, 10, ... start one
+        assert sizes[8] == sizes[28] and sizes[9] == sizes[29] and sizes[10] == sizes[25]
+        assert sizes[9] < sizes[10] < sizes[8]
     else:
         assert all(a < b for a, b in zip(sizes, sizes[1:]))
 

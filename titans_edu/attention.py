@@ -18,11 +18,16 @@ that brings a :class:`KVCache` of earlier keys therefore computes exactly what o
 
 Positions (CHOICE): queries and keys are rotated with RoPE at their stream positions. Persistent keys are not
 rotated and are scored against the *unrotated* query, so a persistent token looks the same from every
-position, at any distance: it is independent of the input and of the position. One SDPA call does both by
-stacking ``[q_rot | q]`` against ``[k_rot | 0]`` for tokens and ``[0 | k_p]`` for persistent keys.
+position, at any distance: it is independent of the input and of the position.
 
-On CPU the attention is ``F.scaled_dot_product_attention`` with an explicit boolean mask. On CUDA, for long
-sequences, an optional FlexAttention path skips the blocks the mask hides (:func:`attention_backend`).
+Three ways to compute one masked attention (:func:`attention_backend`), tested equal:
+
+    "sdpa"   ``F.scaled_dot_product_attention`` with an explicit mask (PyTorch's fused kernels). With persistent
+             keys, q and k are the stacked ``[q_rot | q]`` and ``[k_rot | 0]``, ``[0 | k_p]``.
+    "math"   CPU with persistent keys: the softmax written out, ``[q . k_p | q_rot . k_rot]``, the persistent
+             scores in columns of their own. SDPA's fused CPU kernel needs values as wide as the queries, so on the
+             stacked form it falls back to this same computation at twice the width.
+    "flex"   CUDA, long sequences: FlexAttention skips the blocks the mask hides.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Backend = Literal["auto", "sdpa", "flex"]
+Backend = Literal["auto", "math", "sdpa", "flex"]
 HAS_FLEX = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 FLEX_MIN_KEYS = 2048  # below this many keys a dense masked SDPA call costs about what skipping blocks saves
 
@@ -136,6 +141,8 @@ class KVCache:
 
     def extend(self, keys: Tensor, values: Tensor, positions: Tensor, keep: int | None = None) -> "KVCache":
         """Append new entries; with ``keep``, only the last ``keep`` entries stay (a sliding window)."""
+        if keep == 0:
+            return self.cleared()
         k = torch.cat([self.keys, keys.to(self.keys.dtype)], dim=2)
         v = torch.cat([self.values, values.to(self.values.dtype)], dim=2)
         p = torch.cat([self.positions, positions])
@@ -155,21 +162,22 @@ class KVCache:
 # --- the attention call ---
 
 
-def attention_backend(q: Tensor, n_keys: int, backend: Backend = "auto") -> str:
-    """``"sdpa"`` (dense, explicit mask) or ``"flex"`` (block-sparse FlexAttention, CUDA only).
+def attention_backend(q: Tensor, n_keys: int, backend: Backend = "auto", persistent: bool = False) -> str:
+    """``"sdpa"`` (dense, explicit mask), ``"math"`` (the softmax written out) or ``"flex"`` (block-sparse
+    FlexAttention, CUDA only) for ``n_keys`` keys, ``persistent`` telling whether some are persistent.
 
-    ``"auto"`` picks FlexAttention only on CUDA, when it is importable, and for at least ``FLEX_MIN_KEYS``
-    keys; everything else (every CPU run) takes the SDPA path.
+    ``"auto"`` picks, off CUDA, ``"math"`` with persistent keys and ``"sdpa"`` without; on CUDA, FlexAttention
+    when it is importable and there are at least ``FLEX_MIN_KEYS`` keys, else ``"sdpa"``.
     """
-    if backend not in ("auto", "sdpa", "flex"):
-        raise ValueError(f"attention backend must be 'auto', 'sdpa' or 'flex', got {backend!r}")
-    if backend == "sdpa" or (backend == "auto" and (not q.is_cuda or n_keys < FLEX_MIN_KEYS)):
-        return "sdpa"
-    if not HAS_FLEX:
-        if backend == "flex":
-            raise ValueError("backend='flex' needs torch.nn.attention.flex_attention (torch >= 2.5); use 'sdpa'")
-        return "sdpa"
-    return "flex"
+    if backend not in ("auto", "math", "sdpa", "flex"):
+        raise ValueError(f"attention backend must be 'auto', 'math', 'sdpa' or 'flex', got {backend!r}")
+    if backend == "auto":
+        if not q.is_cuda:
+            return "math" if persistent else "sdpa"
+        return "flex" if HAS_FLEX and n_keys >= FLEX_MIN_KEYS else "sdpa"
+    if backend == "flex" and not HAS_FLEX:
+        raise ValueError("backend='flex' needs torch.nn.attention.flex_attention (torch >= 2.5); use 'sdpa'")
+    return backend
 
 
 def attend(
@@ -187,20 +195,39 @@ def attend(
     scale = q.shape[-1] ** -0.5
     if same_tokens and window is None and persistent is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    n_persistent = 0
+    n_persistent = 0 if persistent is None else persistent[0].shape[2]
+    path = attention_backend(q, n_persistent + k.shape[2], backend, persistent is not None)
+    if path == "math":
+        return _attend_math(q, k, v, visibility(q_pos, k_pos, window), persistent, q_raw, scale)
     if persistent is not None:
         k_p, v_p = persistent
-        n_persistent = k_p.shape[2]
-        # scores: q_rot . k_rot for tokens, q . k_p for persistent keys (no position)
+        # scores: q_rot . k_rot for tokens, q . k_p for persistent keys (no position), in one product of
+        # [q_rot | q] with [k_rot | 0] and [0 | k_p]
         q = torch.cat([q, q_raw], dim=-1)
         k = torch.cat([torch.cat([torch.zeros_like(k_p), k_p], -1), torch.cat([k, torch.zeros_like(k)], -1)], 2)
         v = torch.cat([v_p, v], dim=2)
-    if attention_backend(q, k.shape[2], backend) == "flex":
+    if path == "flex":
         from .flex_path import flex_attend
 
         return flex_attend(q, k, v, q_pos, k_pos, window, n_persistent, scale)
     mask = visibility(q_pos, k_pos, window, n_persistent)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def _attend_math(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, persistent: tuple[Tensor, Tensor] | None, q_raw: Tensor | None,
+    scale: float,
+) -> Tensor:
+    """``softmax([q . k_p | q_rot . k_rot] * scale) @ [v_p; v]``, token keys masked by ``mask (n, m)``.
+
+    Every query sees at least itself, so no row is all masked."""
+    hidden = torch.where(mask, 0.0, float("-inf"))  # added, not filled in: its backward pass is free
+    scores = torch.matmul(q * scale, k.transpose(-1, -2)).add_(hidden)
+    if persistent is not None:
+        k_p, v_p = persistent  # always visible, scored against the query before RoPE
+        scores = torch.cat([torch.matmul(q_raw * scale, k_p.transpose(-1, -2)), scores], dim=-1)
+        v = torch.cat([v_p, v], dim=2)
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 class Attention(nn.Module):
@@ -273,11 +300,12 @@ class Attention(nn.Module):
         if cache is None:
             cache = KVCache.empty(batch, self.heads, self.head_dim, k)
         new_cache = cache.extend(k, v, k_pos, keep)
-        keys = torch.cat([cache.keys, k.to(cache.keys.dtype)], dim=2)
-        values = torch.cat([cache.values, v.to(cache.values.dtype)], dim=2)
-        k_pos = torch.cat([cache.positions, k_pos])
-        same_tokens = len(cache) == 0 and extra is None  # a shape, not a value: no sync, no recompile
-        y = attend(q, keys.to(q.dtype), values.to(q.dtype), positions, k_pos, window, prefix, tokens.q_raw,
+        if len(cache):  # the cached keys come first (a length, not a value: no sync, no recompile)
+            k = torch.cat([cache.keys, k.to(cache.keys.dtype)], dim=2)
+            v = torch.cat([cache.values, v.to(cache.values.dtype)], dim=2)
+            k_pos = torch.cat([cache.positions, k_pos])
+        same_tokens = len(cache) == 0 and extra is None
+        y = attend(q, k.to(q.dtype), v.to(q.dtype), positions, k_pos, window, prefix, tokens.q_raw,
                    self.backend, same_tokens)
         return self.to_out(y.transpose(1, 2).flatten(2)), new_cache
 

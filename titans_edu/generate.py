@@ -6,7 +6,7 @@ carries everything the model keeps about the past. What it keeps, and so the cos
     LMM            the memory weights                               constant
     MAG, MAL       the memory weights + the last W - 1 keys         constant
     SWA            the last W - 1 keys                              constant
-    MAC            the memory weights + the current segment's keys  grows within a segment, resets at the next
+    MAC            the memory weights + the current segment's keys  grows within a segment, resets as it ends
     Transformer++  every past key                                   grows with the context
 """
 

@@ -32,7 +32,7 @@ CHOICEs (SPEC §3):
 
 Streaming: the state keeps the memory now, the memory at the segment start, and the keys of the current
 segment's ``[h || S]``; the cache is emptied at each segment boundary, so the cost per token grows within a
-segment and falls back at the next one. Fed token by token, each new token reads its ``h`` with the saved
+segment and falls back when the segment ends. Fed token by token, each new token reads its ``h`` with the saved
 segment-start memory, so any split of the stream into calls gives what one call gives.
 """
 
@@ -136,8 +136,11 @@ class MACMixer(nn.Module):
         memory's output head, and the state."""
         # Eq. 21: h_t = M*_{t-1}(q_t), a read with the segment-start memory (no update)
         h = self.memory.gated_output(self.memory.memory(state.segment_start, q), read_gate)
-        # Eqs. 22-23: y_t = Attn([p || h_t || S^(t)]), causal inside the window
-        y, cache = self.attention.attend_projected(tokens, positions, state.cache, None, prefix, extra=h)
+        # Eqs. 22-23: y_t = Attn([p || h_t || S^(t)]), causal inside the window; a window that this piece
+        # completes is never read again, so it is not kept
+        ends_segment = (state.position + len(positions)) % self.segment == 0
+        y, cache = self.attention.attend_projected(tokens, positions, state.cache, None, prefix, extra=h,
+                                                   keep=0 if ends_segment else None)
         # Eq. 24: M_t = M_{t-1}(y_t); and M*_t(y_t), position i read with M after token i
         read, memory = self.memory.write_read(y, state.memory)
         return y, read, MACState(memory, state.segment_start, state.read_conv, cache, state.position + len(positions))

@@ -59,7 +59,7 @@ class ModelConfig:
     conv_kernel: int = 4
     memory_impl: Literal["chunked", "naive"] = "chunked"
     rope_base: float = 10000.0
-    attention_backend: Literal["auto", "sdpa", "flex"] = "auto"
+    attention_backend: Literal["auto", "math", "sdpa", "flex"] = "auto"
     norm_eps: float = 1e-6
     init_std: float = 0.02
     size: str = field(default="custom", compare=False)  # the preset it came from, for the record
@@ -101,8 +101,9 @@ class ModelConfig:
         if self.rope_base <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
             raise ValueError("rope_base, norm_eps and init_std must be > 0, got "
                              f"{self.rope_base}, {self.norm_eps}, {self.init_std}")
-        if self.attention_backend not in ("auto", "sdpa", "flex"):
-            raise ValueError(f"attention_backend must be 'auto', 'sdpa' or 'flex', got {self.attention_backend!r}")
+        if self.attention_backend not in ("auto", "math", "sdpa", "flex"):
+            raise ValueError(f"attention_backend must be 'auto', 'math', 'sdpa' or 'flex', got "
+                             f"{self.attention_backend!r}")
         self.memory_config()  # the memory validates its own fields (activation, max_lr, conv_kernel, impl)
 
     @property
