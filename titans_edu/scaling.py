@@ -60,8 +60,8 @@ def count_parameters(variant: str, size: str, **overrides) -> int:
 @default_dtype(torch.float32)  # the figures are float32 ones, whatever the caller's default
 def _one_pass(variant: str, size: str, depth: int, batch: int, seq: int, overrides: dict) -> tuple[int, int]:
     """FLOPs of forward+backward, and the bytes autograd saves, for a model of ``depth`` blocks (float32)."""
-    with torch.device("meta"):
-        model = build_model(variant, size, **{**overrides, "depth": depth})
+    with torch.device("meta"):  # attention as a GPU runs it: SDPA (on CPU, persistent keys take the "math" path)
+        model = build_model(variant, size, **{"attention_backend": "sdpa", **overrides, "depth": depth})
         tokens = torch.zeros(batch, seq, dtype=torch.long)
     # storage -> (storage, bytes); views of one storage share it. The storage itself is held until the count is
     # done: a storage freed mid-pass (a discarded branch) would otherwise hand its key to a later one.
