@@ -31,8 +31,8 @@ CHOICEs (SPEC §3):
   through one memory, each with its own convolution cache.
 
 Streaming: the state keeps the memory now, the memory at the segment start, and the keys of the current
-segment's ``[h || S]``; the cache is emptied at each segment boundary, so the cost per token grows within a
-segment and falls back when the segment ends. Fed token by token, each new token reads its ``h`` with the saved
+segment's ``[h || S]``; the cache is emptied as each segment ends, so the cost per token grows within a
+segment and falls back at its end. Fed token by token, each new token reads its ``h`` with the saved
 segment-start memory, so any split of the stream into calls gives what one call gives.
 """
 
@@ -115,8 +115,8 @@ class MACMixer(nn.Module):
         pieces = zip(q.split(sizes, dim=2), read_gate.split(sizes, dim=1), tokens.split(sizes), positions.split(sizes))
         ys, reads = [], []
         for q_s, gate_s, tokens_s, positions_s in pieces:  # split, not slices: each backward pass is one cat
-            if state.position % self.segment == 0:  # a new segment: M_{t-1} is the memory now, the window empty
-                state = replace(state, segment_start=state.memory.weights, cache=state.cache.cleared())
+            if state.position % self.segment == 0:  # a new segment: M_{t-1} is the memory now (the window was
+                state = replace(state, segment_start=state.memory.weights)  # emptied as the last segment ended)
             y, read, state = self.segment_step(q_s, gate_s, tokens_s, positions_s, prefix, state)
             ys.append(y)
             reads.append(read)
