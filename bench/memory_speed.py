@@ -72,6 +72,58 @@ def matmul_gflops(n: int = 1024, repeats: int = 30) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
+def state_matmuls(dim: int = DIM, heads: int = HEADS, expansion: int = EXPANSION, chunk: int = CHUNK) -> list:
+    """Every state-sized matmul in one chunk's forward and backward pass (``titans_edu.fused_chunk``), per sequence
+    and head, as ``(kind, rows, d_in, d_out)``. A layer ``(d_in, d_out)`` with weights ``W`` (``M``, ``S``,
+    ``M_{t'}`` or their gradients, all ``(d_in, d_out)``) and ``b = chunk`` rows has three kinds, each in the
+    memory layout the layer uses:
+
+      "x W"     (b, d_in) @ W        k M_{t'}, h M, h S (forward); a dM', a dS' (backward)
+      "x W^T"   (b, d_out) @ W^T     dr M^T, dr S^T, (c delta) dM'^T, (d delta) dS'^T, dz M_{t'}^T
+      "x^T y"   (b, d_in)^T @ (b, d_out)
+                                     a^T (c delta), a^T (d delta) (chunk end); h^T dr twice (dM, dS); a^T dz
+
+    and, in every layer but the first, the anchor's backprop into the layer below: delta M_{t'}^T (forward),
+    dG M_{t'} and dG^T delta (backward). 33 in all for a 2-layer memory: every exact form with momentum has them
+    (see bench/README.md).
+    """
+    hd = dim // heads
+    widths = [hd, int(expansion * hd), hd]
+    out = []
+    for layer, (d_in, d_out) in enumerate(zip(widths, widths[1:])):
+        counts = {"x W": 5, "x W^T": 5, "x^T y": 5} if layer == 0 else {"x W": 6, "x W^T": 6, "x^T y": 6}
+        out += [(kind, chunk, d_in, d_out) for kind, n in counts.items() for _ in range(n)]
+    return out
+
+
+def state_matmul_floor(fresh: bool, batch: int = BATCH, seq: int = SEQ, repeats: int = 20) -> float:
+    """Seconds per forward+backward of the state-sized matmuls alone: one chunk's :func:`state_matmuls` as ``bmm``
+    over the batch and heads (the fastest of ``repeats``), times the number of chunks.
+
+    ``fresh=False`` reuses one set of operands per shape, so they stay warm in cache: no arrangement of the same
+    arithmetic beats that on this machine, and ``batch * seq / floor`` caps the layer's tokens per second.
+    ``fresh=True`` gives every matmul operands of its own, which come from memory, as a new chunk's state does.
+    """
+    N, operands = batch * HEADS, {}
+
+    def make(kind: str, rows: int, d_in: int, d_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+        W = torch.randn(N, d_in, d_out)
+        x = torch.randn(N, rows, d_out if kind == "x W^T" else d_in)
+        y = {"x W": W, "x W^T": W.transpose(1, 2), "x^T y": torch.randn(N, rows, d_out)}[kind]
+        return x.transpose(1, 2) if kind == "x^T y" else x, y
+
+    calls = [make(*key) if fresh else operands.setdefault(key, make(*key)) for key in state_matmuls()]
+
+    def one_chunk() -> float:
+        t = time.perf_counter()
+        for x, y in calls:
+            torch.bmm(x, y)
+        return time.perf_counter() - t
+
+    one_chunk()
+    return min(one_chunk() for _ in range(repeats)) * -(-seq // CHUNK)
+
+
 def ours():
     return NeuralMemory(MemoryConfig(dim=DIM, heads=HEADS, depth=DEPTH, expansion=EXPANSION, chunk_size=CHUNK,
                                      momentum=True, forgetting=True))
@@ -202,11 +254,18 @@ def main() -> None:
     ours_r = results["titans_edu"]
     achieved = ours_r["forward_backward"] * flops["forward_backward"] / 1e9
     print(f"\nour forward+backward runs at {achieved:.1f} GFLOP/s = {achieved / peak:.0%} of the measured matmul rate")
+    floor, cold = state_matmul_floor(fresh=False), state_matmul_floor(fresh=True)
+    ceiling = BATCH * SEQ / floor
+    print(f"the {len(state_matmuls()) * -(-SEQ // CHUNK)} state-sized matmuls of one forward+backward alone: "
+          f"{floor * 1e3:.0f} ms warm in cache (a ceiling of {ceiling:,.0f} tok/s), {cold * 1e3:.0f} ms with fresh "
+          f"operands; the layer takes {BATCH * SEQ / ours_r['forward_backward'] * 1e3:.0f} ms")
     if "titans-pytorch" in results:
         base = results["titans-pytorch"]
         print(f"speed-up over titans-pytorch: forward {ours_r['forward'] / base['forward']:.2f}x, "
-              f"forward+backward {ours_r['forward_backward'] / base['forward_backward']:.2f}x")
-    report = {"conditions": conditions, "matmul_gflops": peak, "flops": flops, "side_by_side": results}
+              f"forward+backward {ours_r['forward_backward'] / base['forward_backward']:.2f}x "
+              f"(the matmuls alone would allow {ceiling / base['forward_backward']:.2f}x)")
+    report = {"conditions": conditions, "matmul_gflops": peak, "flops": flops, "side_by_side": results,
+              "state_matmul_floor_s": {"warm": floor, "fresh": cold}}
     if not args.quick:
         rows = scaling([1024, 2048, 4096, 8192, 16384])
         print("\none thread, one forward+backward, fresh process per length; glibc malloc as it comes, then with")
