@@ -91,8 +91,8 @@ def state_matmuls(dim: int = DIM, heads: int = HEADS, expansion: int = EXPANSION
     widths = [hd, int(expansion * hd), hd]
     out = []
     for layer, (d_in, d_out) in enumerate(zip(widths, widths[1:])):
-        counts = {"x W": 5, "x W^T": 5, "x^T y": 5} if layer == 0 else {"x W": 6, "x W^T": 6, "x^T y": 6}
-        out += [(kind, chunk, d_in, d_out) for kind, n in counts.items() for _ in range(n)]
+        each = 5 if layer == 0 else 6  # of every kind; the anchor's backprop adds one of each below the first
+        out += [(kind, chunk, d_in, d_out) for kind in ("x W", "x W^T", "x^T y") for _ in range(each)]
     return out
 
 

@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, replace
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 Backend = Literal["auto", "math", "sdpa", "flex"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 HAS_FLEX = importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 FLEX_MIN_KEYS = 2048  # below this many keys a dense masked SDPA call costs about what skipping blocks saves
 
@@ -162,6 +163,12 @@ class KVCache:
 # --- the attention call ---
 
 
+def check_backend(backend: str, name: str = "attention backend") -> None:
+    """A ``ValueError`` that names ``name`` unless ``backend`` is one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+
+
 def attention_backend(q: Tensor, n_keys: int, backend: Backend = "auto", persistent: bool = False) -> str:
     """``"sdpa"`` (dense, explicit mask), ``"math"`` (the softmax written out) or ``"flex"`` (block-sparse
     FlexAttention, CUDA only) for ``n_keys`` keys, ``persistent`` telling whether some are persistent.
@@ -169,8 +176,7 @@ def attention_backend(q: Tensor, n_keys: int, backend: Backend = "auto", persist
     ``"auto"`` picks, off CUDA, ``"math"`` with persistent keys and ``"sdpa"`` without; on CUDA, FlexAttention
     when it is importable and there are at least ``FLEX_MIN_KEYS`` keys, else ``"sdpa"``.
     """
-    if backend not in ("auto", "math", "sdpa", "flex"):
-        raise ValueError(f"attention backend must be 'auto', 'math', 'sdpa' or 'flex', got {backend!r}")
+    check_backend(backend)
     if backend == "auto":
         if not q.is_cuda:
             return "math" if persistent else "sdpa"

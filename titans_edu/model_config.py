@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
+from .attention import Backend, check_backend
 from .neural_memory import MemoryConfig, default_max_lr
 
 VARIANTS = ("lmm", "mac", "mag", "mal", "transformer", "swa")
@@ -59,7 +60,7 @@ class ModelConfig:
     conv_kernel: int = 4
     memory_impl: Literal["chunked", "naive"] = "chunked"
     rope_base: float = 10000.0
-    attention_backend: Literal["auto", "math", "sdpa", "flex"] = "auto"
+    attention_backend: Backend = "auto"
     norm_eps: float = 1e-6
     init_std: float = 0.02
     size: str = field(default="custom", compare=False)  # the preset it came from, for the record
@@ -101,9 +102,7 @@ class ModelConfig:
         if self.rope_base <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
             raise ValueError("rope_base, norm_eps and init_std must be > 0, got "
                              f"{self.rope_base}, {self.norm_eps}, {self.init_std}")
-        if self.attention_backend not in ("auto", "math", "sdpa", "flex"):
-            raise ValueError(f"attention_backend must be 'auto', 'math', 'sdpa' or 'flex', got "
-                             f"{self.attention_backend!r}")
+        check_backend(self.attention_backend, "attention_backend")
         self.memory_config()  # the memory validates its own fields (activation, max_lr, conv_kernel, impl)
 
     @property
