@@ -73,7 +73,7 @@ def matmul_gflops(n: int = 1024, repeats: int = 30) -> float:
 
 
 def state_matmuls(dim: int = DIM, heads: int = HEADS, expansion: int = EXPANSION, chunk: int = CHUNK) -> list:
-    """Every state-sized matmul in one chunk's forward and backward pass (``titans_edu.fused_chunk``), per sequence
+    """Every state-sized matmul in one chunk's forward and backward pass (``titans_edu.memory.fused_chunk``), per sequence
     and head, as ``(kind, rows, d_in, d_out)``. A layer ``(d_in, d_out)`` with weights ``W`` (``M``, ``S``,
     ``M_{t'}`` or their gradients, all ``(d_in, d_out)``) and ``b = chunk`` rows has three kinds, each in the
     memory layout the layer uses:
@@ -236,7 +236,7 @@ def main() -> None:
     torch.set_num_threads(2)
     # The fresh, untrained layer forgets faster than it learns on random input, so over long streams its weights
     # decay below 1e-38; such denormal floats make CPU matmuls many times slower. Both layers run with them
-    # flushed to zero, as titans_edu.train does.
+    # flushed to zero, as the trainer (titans_edu.training.trainer) does.
     torch.set_flush_denormal(True)
 
     conditions = machine_conditions()

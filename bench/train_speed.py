@@ -4,7 +4,7 @@
     python bench/train_speed.py --quick          # 3 rounds instead of 7
     python bench/train_speed.py --threads 2      # every model on two threads
 
-A training step is what ``titans_edu.train`` does: forward, next-token cross-entropy, backward, AdamW step,
+A training step is what the trainer (``titans_edu.training.trainer``) does: forward, next-token cross-entropy, backward, AdamW step,
 on the CPU demo's batch of 8 windows x 256 bytes (2,048 tokens), in float32, with 1 thread by default (the demo's
 setting; see ``train_config``). Each figure is the median over rounds after a warm-up step.
 
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from conditions import machine_conditions, print_conditions
 
-from titans_edu.model_config import VARIANTS
-from titans_edu.models import build_model
+from titans_edu.models.config import VARIANTS
+from titans_edu.models.lm import build_model
 
 BATCH, CONTEXT, THREADS = 8, 256, 1
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # as titans_edu.train does on CPU
+    torch.set_flush_denormal(True)  # as the trainer (titans_edu.training.trainer) does on CPU
     conditions = machine_conditions()
     print_conditions(conditions)
 

@@ -12,9 +12,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from titans_edu.attention import rope
-from titans_edu.model_config import ModelConfig
-from titans_edu.models import make_mixer
+from titans_edu.models.attention import rope
+from titans_edu.models.config import ModelConfig
+from titans_edu.models.lm import make_mixer
 
 T = 13
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from titans_edu.attention import (
+from titans_edu.models.attention import (
     Attention,
     KVCache,
     attend,
@@ -180,7 +180,7 @@ def test_math_and_sdpa_paths_agree_on_outputs_and_gradients(float64, window, n_p
 
 
 def test_cpu_forward_never_calls_flex(monkeypatch, float64):
-    import titans_edu.flex_path as flex_path
+    import titans_edu.models.flex as flex_path
 
     def fail(*args, **kwargs):
         raise AssertionError("the FlexAttention path ran on CPU")
@@ -193,7 +193,7 @@ def test_cpu_forward_never_calls_flex(monkeypatch, float64):
 @pytest.mark.filterwarnings("ignore::UserWarning")  # FlexAttention warns that it runs uncompiled
 def test_flex_path_matches_dense_masks(float64):
     pytest.importorskip("torch.nn.attention.flex_attention")
-    from titans_edu.flex_path import flex_attend
+    from titans_edu.models.flex import flex_attend
 
     torch.set_default_dtype(torch.float32)  # FlexAttention's reference path runs in float32
     b, h, n, m, d, n_p = 1, 2, 12, 12, 8, 3

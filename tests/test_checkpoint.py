@@ -1,4 +1,4 @@
-"""Checkpoints are complete, atomic, pruned, and restore every random state (titans_edu.checkpoint)."""
+"""Checkpoints are complete, atomic, pruned, and restore every random state (titans_edu.training.checkpoint)."""
 
 import random
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from titans_edu import checkpoint as ckpt
+from titans_edu.training import checkpoint as ckpt
 
 
 def _model_and_optimizer(seed=0):

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from titans_edu.chunked import chunk_coefficients, chunked_memory, decay_matrix, dual_form_chunk
-from titans_edu.fused_chunk import FusedChunk, Layout, fused_chunk
-from titans_edu.memories import MLPMemory, ModuleMemory
-from titans_edu.naive import naive_memory
+from titans_edu.memory.chunked import chunked_memory, dual_form_chunk
+from titans_edu.memory.coefficients import chunk_coefficients, decay_matrix
+from titans_edu.memory.fused_chunk import FusedChunk, Layout, fused_chunk
+from titans_edu.memory.networks import MLPMemory, ModuleMemory
+from titans_edu.memory.naive import naive_memory
 
 B, H, T, D = 2, 2, 20, 4
 

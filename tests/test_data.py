@@ -1,4 +1,4 @@
-"""Data sources, the memmap format, prepare, and batch sampling (titans_edu.data, .prepare, .tokenizer)."""
+"""Data sources, the memmap format, prepare, and batch sampling (titans_edu.training.data, .prepare, .tokenizer)."""
 
 import json
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from titans_edu.data import BatchSampler, DataError, embedded_corpus, load_token_folder, load_tokens, open_source
-from titans_edu.prepare import main as prepare_main
-from titans_edu.prepare import prepare
-from titans_edu.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
+from titans_edu.training.data import BatchSampler, DataError, embedded_corpus, load_token_folder, load_tokens, open_source
+from titans_edu.training.prepare import main as prepare_main
+from titans_edu.training.prepare import prepare
+from titans_edu.training.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
 
 
 def test_byte_tokenizer_round_trip_and_range():
@@ -204,7 +204,7 @@ def test_a_hugging_face_tokenizer_file_end_to_end(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    from titans_edu.train import main
+    from titans_edu.training.trainer import main
 
     tok = tokenizers.Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(), decoders.ByteLevel()

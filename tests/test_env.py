@@ -1,11 +1,11 @@
-"""The notebooks' common setup (titans_edu.env)."""
+"""The notebooks' common setup (titans_edu.course.env)."""
 
 import random
 
 import numpy as np
 import torch
 
-from titans_edu.env import check_environment, setup
+from titans_edu.course.env import check_environment, setup
 
 
 def test_setup_fixes_seeds_threads_and_dtype():

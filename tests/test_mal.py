@@ -4,7 +4,7 @@ is in test_arch_reference.py."""
 import pytest
 import torch
 
-from titans_edu.models import build_model
+from titans_edu.models.lm import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from titans_edu.memories import ACTIVATIONS, MLPMemory, ModuleMemory, associative_loss
+from titans_edu.memory.networks import ACTIVATIONS, MLPMemory, ModuleMemory, associative_loss
 
 
 def autograd_gradient(memory, weights, k, v):

@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 import torch
 
-from titans_edu.generate import generate, sample
-from titans_edu.model_config import NOMINAL_PARAMS, TITANS_VARIANTS, VARIANTS, ModelConfig
-from titans_edu.models import ModelState, build_model
-from titans_edu.state import MemoryState
+from titans_edu.models.generate import generate, sample
+from titans_edu.models.config import NOMINAL_PARAMS, TITANS_VARIANTS, VARIANTS, ModelConfig
+from titans_edu.models.lm import ModelState, build_model
+from titans_edu.memory.state import MemoryState
 
 SEQ = 13
 

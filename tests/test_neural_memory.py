@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from titans_edu.neural_memory import MemoryConfig, NeuralMemory
-from titans_edu.state import MemoryState
+from titans_edu.memory.layer import MemoryConfig, NeuralMemory
+from titans_edu.memory.state import MemoryState
 
 DIM, T = 8, 20
 

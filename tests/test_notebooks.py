@@ -127,7 +127,7 @@ def _notebook(*cells: dict) -> dict:
 
 def _good() -> dict:
     return _notebook(
-        _code("from titans_edu.env import setup\nsetup()", 1),
+        _code("from titans_edu.course.env import setup\nsetup()", 1),
         _code("print(1 + 1)", 2, [_stream("2\n")]),
         _code("", None),  # an empty cell that was never run is fine
         _code("x = 3", 3),

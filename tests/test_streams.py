@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from titans_edu.streams import episode_stream, event_stream, shift_stream
+from titans_edu.course.streams import episode_stream, event_stream, shift_stream
 
 
 def _unit_rows(x):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from titans_edu.tasks import IGNORE, SegmentRecall, SparseCopy, evaluate, fit
+from titans_edu.course.tasks import IGNORE, SegmentRecall, SparseCopy, evaluate, fit
 
 
 def gen(seed=0):

@@ -1,4 +1,4 @@
-"""The trainer end to end on CPU: loss falls, resume is exact, failures stop cleanly (titans_edu.train)."""
+"""The trainer end to end on CPU: loss falls, resume is exact, failures stop cleanly (titans_edu.training.trainer)."""
 
 import json
 import math
@@ -7,11 +7,11 @@ import re
 import pytest
 import torch
 
-from titans_edu import checkpoint as ckpt
-from titans_edu.models import build_model
-from titans_edu.run_log import read_metrics
-from titans_edu.train import TrainingError, learning_rate, main, train
-from titans_edu.train_config import TrainConfig, config_from_args
+from titans_edu.training import checkpoint as ckpt
+from titans_edu.models.lm import build_model
+from titans_edu.training.run_log import read_metrics
+from titans_edu.training.trainer import TrainingError, learning_rate, main, train
+from titans_edu.training.config import TrainConfig, config_from_args
 
 # A MAC small enough for many short runs: 2 segments of 16 tokens per window, 2 memory chunks per segment.
 SMALL = ["--model.dim=32", "--model.depth=1", "--model.segment=16", "--model.window=16", "--model.chunk_size=8",
@@ -179,8 +179,8 @@ def test_activation_checkpointing_changes_memory_not_results(tmp_path):
 
 @pytest.mark.parametrize("size", ["170m", "340m", "400m", "760m"])
 def test_full_size_presets_follow_the_paper_recipe(size):
-    from titans_edu.model_config import NOMINAL_PARAMS, ModelConfig
-    from titans_edu.train_config import PAPER_BATCH_TOKENS, plan_accumulation
+    from titans_edu.models.config import NOMINAL_PARAMS, ModelConfig
+    from titans_edu.training.config import PAPER_BATCH_TOKENS, plan_accumulation
 
     cfg = TrainConfig(size=size).with_recipe()
     context = ModelConfig.preset("mac", size).context

@@ -12,10 +12,10 @@ import sys
 import pytest
 import torch
 
-from titans_edu import checkpoint as ckpt
-from titans_edu.models import build_model
-from titans_edu.run_log import read_metrics
-from titans_edu.train import main
+from titans_edu.training import checkpoint as ckpt
+from titans_edu.models.lm import build_model
+from titans_edu.training.run_log import read_metrics
+from titans_edu.training.trainer import main
 
 FLAGS = ["--model.dim=32", "--model.depth=2", "--model.segment=16", "--model.window=16", "--model.chunk_size=8",
          "--context=32", "--micro_batch=4", "--batch_tokens=256", "--threads=1", "--progress=false",
@@ -67,8 +67,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path, single, mode):
 FSDP_UNITS = """
 import sys, torch, torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
-from titans_edu.models import build_model
-from titans_edu.parallel import Runtime, blocks_of, wrap_model
+from titans_edu.models.lm import build_model
+from titans_edu.training.parallel import Runtime, blocks_of, wrap_model
 dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
 model = build_model("mal", "tiny", depth=3, dim=32)
 wrapped = wrap_model(model, Runtime(torch.device("cpu"), world=2), fsdp=True)  # world=2: take the FSDP branch

@@ -1,11 +1,11 @@
-"""Counting parameters, FLOPs and activation memory on the meta device (titans_edu.scaling)."""
+"""Counting parameters, FLOPs and activation memory on the meta device (titans_edu.training.scaling)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from titans_edu.models import build_model
-from titans_edu.scaling import GiB, BlockCosts, _one_pass, block_costs, count_parameters, training_memory
+from titans_edu.models.lm import build_model
+from titans_edu.training.scaling import GiB, BlockCosts, _one_pass, block_costs, count_parameters, training_memory
 
 SMALL = dict(dim=32, heads=2, segment=16, window=16, chunk_size=8)
 

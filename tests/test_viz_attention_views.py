@@ -9,9 +9,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from titans_edu.attention import Attention, causal_mask, segment_mask, sliding_window_mask  # noqa: E402
-from titans_edu.models import build_model  # noqa: E402
-from titans_edu.tasks import History  # noqa: E402
+from titans_edu.models.attention import Attention, causal_mask, segment_mask, sliding_window_mask  # noqa: E402
+from titans_edu.models.lm import build_model  # noqa: E402
+from titans_edu.course.tasks import History  # noqa: E402
 from titans_edu.viz import attention_views as av  # noqa: E402
 
 

@@ -36,7 +36,7 @@ def test_data_dependent_matrices_match_the_package():
     gen = torch.Generator().manual_seed(1)
     theta, eta, alpha = (torch.rand(6, generator=gen, dtype=torch.float64) for _ in range(3))
     mats = cv.coefficient_matrices(theta, eta, alpha)
-    # a hand-written triple loop, independent of the cumprod in titans_edu.chunked
+    # a hand-written triple loop, independent of the cumprod in titans_edu.memory.chunked
     for i in range(6):
         for j in range(6):
             e = float(torch.prod(eta[j + 1 : i + 1])) if i >= j else 0.0

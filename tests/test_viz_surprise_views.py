@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from titans_edu import MLPMemory, associative_loss, chunked_memory, naive_memory  # noqa: E402
-from titans_edu.streams import event_stream, shift_stream  # noqa: E402
+from titans_edu.course.streams import event_stream, shift_stream  # noqa: E402
 from titans_edu.viz import surprise_views as sv  # noqa: E402
 
 

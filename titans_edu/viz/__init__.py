@@ -7,7 +7,6 @@ box; its update callback is a plain function of the slider values, unit-tested w
     chunk_views       notebook 06: chunk size, the decay matrices, drift from the online rule
     mask_views        notebook 07: the masks of Fig. 3 and their explorer
     attention_views   notebooks 07-08: attention weights, attention sinks, one MAC segment step by step
-    recall_task       notebooks 09-10: the far/near recall task, its loss, scores and training loop
     gate_views        notebooks 09-10: MAG's gate and branches, MAL and LMM
     explorer          the ipywidgets wiring every explorer shares: controls, readout, figure area
 """

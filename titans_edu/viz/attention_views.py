@@ -8,7 +8,7 @@ Glossary (paper symbol -> code name):
                    map, group ``"p"``
     h_j            MAC's memory token of segment token j (Eq. 21): group ``"h"``
     S^(t), x       the tokens themselves: group ``"x"``
-    mask           ``(queries, keys)`` bool, True where the query may attend (:mod:`titans_edu.attention`)
+    mask           ``(queries, keys)`` bool, True where the query may attend (:mod:`titans_edu.models.attention`)
     weights        an attention map ``(batch, heads, queries, keys)``: softmax probabilities, rows sum to 1
     sink mass      the share of a row's probability on the persistent columns (:func:`persistent_mass`)
     y_t, M*_t(y_t), o_t   ``y``, ``m``, ``o`` of :class:`SegmentTrace` (Eqs. 23-25)
@@ -29,9 +29,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ..attention import Attention, rope, visibility
-from ..mac import MACMixer
-from ..persistent import PersistentMemory
+from ..models.attention import Attention, rope, visibility
+from ..models.mac import MACMixer
+from ..models.persistent import PersistentMemory
 from .explorer import build_explorer
 from .mask_views import _group_image, _mark_groups  # noqa: F401  (_group_image: re-exported for the tests)
 from .mask_views import (GROUP_COLORS, GROUP_NAMES, MaskView, draw_masks, figure3_masks, mac_sequence_mask,
@@ -169,8 +169,8 @@ class SinkProbe(nn.Module):
 
         e = embed(tokens);  logits = readout(RMSNorm(e + SW-Attn*([p || e])))
 
-    The attention is the package's :class:`~titans_edu.attention.Attention`; ``p`` is a
-    :class:`~titans_edu.persistent.PersistentMemory` (``n_persistent=0``: none). ``tokens (batch, n)``.
+    The attention is the package's :class:`~titans_edu.models.attention.Attention`; ``p`` is a
+    :class:`~titans_edu.models.persistent.PersistentMemory` (``n_persistent=0``: none). ``tokens (batch, n)``.
     """
 
     def __init__(self, vocab_size: int, dim: int = 32, heads: int = 2, window: int = 8, n_persistent: int = 4) -> None:
@@ -307,7 +307,7 @@ def mac_explorer(traces: Sequence[SegmentTrace], n_persistent: int, heads: int,
 
 
 def draw_histories(histories: dict, chance: float, fig: Figure | None = None) -> Figure:
-    """Evaluation accuracy against training steps for each model of a :func:`~titans_edu.tasks.fit` run."""
+    """Evaluation accuracy against training steps for each model of a :func:`~titans_edu.course.tasks.fit` run."""
     if fig is None:
         fig = plt.figure(figsize=(7, 3.4), layout="constrained")
     ax = fig.subplots()

@@ -1,7 +1,7 @@
 """Figures and the explorer widget of notebook 06: chunked parallel training (paper §3.2, Eqs. 16-18).
 
 Inside a chunk of ``b`` tokens every gradient is taken at the chunk-start weights, and the memory after token
-``i`` mixes them with three lower-triangular ``b x b`` matrices (see :mod:`titans_edu.chunked`):
+``i`` mixes them with three lower-triangular ``b x b`` matrices (see :mod:`titans_edu.memory.chunked`):
 
     E      ``E[i, j] = prod_{j<r<=i} eta_r``          how much of token j's surprise is still in S_i (Eq. 18)
     B      ``B[i, j] = prod_{j<r<=i} (1 - alpha_r)``  how much of S_j survives forgetting up to M_i (Eq. 16)
@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..chunked import chunk_coefficients, chunked_memory, decay_matrix
-from ..memories import MLPMemory
+from ..memory.chunked import chunked_memory
+from ..memory.coefficients import chunk_coefficients, decay_matrix
+from ..memory.networks import MLPMemory
 from .explorer import build_explorer
 
 CHUNK_SIZES = (1, 2, 4, 8, 16, 32)

@@ -1,6 +1,6 @@
 """What MAG's two branches contribute, and how MAG, MAL and the LMM see a stream: notebooks 09 and 10.
 
-The task (its layout, far and near queries) is described in :mod:`titans_edu.viz.recall_task`; its names
+The task (its layout, far and near queries) is described in :mod:`titans_edu.course.recall`; its names
 are re-exported here.
 
 Glossary (paper symbol -> code name):
@@ -29,10 +29,10 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ..attention import rope, visibility
-from ..mag import MAGMixer
+from ..models.attention import rope, visibility
+from ..models.mag import MAGMixer
 from .explorer import build_explorer
-from .recall_task import (KINDS, N_KEYS, N_VALUES, VOCAB_SIZE, RecallStream, recall_loss, recall_scores,
+from ..course.recall import (KINDS, N_KEYS, N_VALUES, VOCAB_SIZE, RecallStream, recall_loss, recall_scores,
                           recall_stream, train_recall)
 
 __all__ = [
@@ -70,7 +70,7 @@ def _mag_mixer(model: nn.Module, layer: int) -> MAGMixer:
 def gate_trace(model: nn.Module, tokens: Tensor, layer: int = 0) -> GateTrace:
     """Run ``model`` on ``tokens (batch, seq)`` and catch what enters MAG's gate in block ``layer``.
 
-    Forward hooks read the public modules (the mixer and its :class:`~titans_edu.blocks.MemoryGate`), so the
+    Forward hooks read the public modules (the mixer and its :class:`~titans_edu.models.blocks.MemoryGate`), so the
     model runs exactly as it does without them.
     """
     mixer = _mag_mixer(model, layer)

@@ -6,7 +6,7 @@ Glossary (paper symbol -> code name):
     p_1..p_Np      persistent tokens (Eq. 19): the first ``n_persistent`` key columns of a mask, group ``"p"``
     h_j            MAC's memory token of segment token j (Eq. 21): group ``"h"``
     S^(t), x       the tokens themselves: group ``"x"``
-    mask           ``(queries, keys)`` bool, True where the query may attend (:mod:`titans_edu.attention`)
+    mask           ``(queries, keys)`` bool, True where the query may attend (:mod:`titans_edu.models.attention`)
 
 The colours and names of the groups are shared with the attention maps of
 :mod:`titans_edu.viz.attention_views`, which re-exports everything here.
@@ -24,7 +24,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..attention import causal_mask, segment_mask, sliding_window_mask
+from ..models.attention import causal_mask, segment_mask, sliding_window_mask
 from .explorer import build_explorer
 
 __all__ = ["GROUP_COLORS", "GROUP_NAMES", "MaskView", "draw_masks", "figure3_masks", "mac_sequence_mask",
@@ -47,7 +47,7 @@ def mac_sequence_mask(n: int, segment: int, n_persistent: int = 0) -> Tensor:
     """MAC's visibility over a whole stream of ``n`` tokens (Fig. 3a): ``(n, n_persistent + 2n)`` bool.
 
     Key columns are ``[p | h_0..h_{n-1} | x_0..x_{n-1}]``. Token ``i`` of a segment sees every ``p`` and the
-    ``h_j``, ``x_j`` of its own segment with ``j <= i``; it is :func:`~titans_edu.attention.segment_mask`
+    ``h_j``, ``x_j`` of its own segment with ``j <= i``; it is :func:`~titans_edu.models.attention.segment_mask`
     placed block by block on the diagonal.
     """
     if n < 1 or segment < 1 or n_persistent < 0:

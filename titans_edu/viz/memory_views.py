@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..memories import MLPMemory
+from ..memory.networks import MLPMemory
 from .explorer import build_explorer
 
 Weights = tuple[Tensor, ...]
@@ -162,7 +162,7 @@ def write_stream(memory: MLPMemory, keys: Tensor, values: Tensor, theta: float, 
         S_t = eta * S_{t-1} - theta * grad l(M_{t-1}; k_t, v_t)      Eq. 14
         M_t = (1 - alpha) * M_{t-1} + S_t                           Eq. 13
 
-    It is :func:`titans_edu.naive.naive_memory` written for constant gates, keeping every ``M_t``.
+    It is :func:`titans_edu.memory.naive.naive_memory` written for constant gates, keeping every ``M_t``.
     ``weights`` defaults to the memory's ``M_0``.
     """
     check_pairs(keys, values)

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..memories import MLPMemory, associative_loss
-from ..naive import per_seq
-from ..state import MemoryState
-from ..streams import FactStream
+from ..memory.networks import MLPMemory, associative_loss
+from ..memory.naive import per_seq
+from ..memory.state import MemoryState
+from ..course.streams import FactStream
 from .memory_views import one_thread
 
 __all__ = ["Trace", "as_gate", "empty_linear_memory", "group_recall", "phase_recall", "theta_gate", "trace_memory"]

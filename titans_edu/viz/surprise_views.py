@@ -22,7 +22,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..streams import FactStream, episode_stream, event_stream, shift_stream
+from ..course.streams import FactStream, episode_stream, event_stream, shift_stream
 from .explorer import build_explorer
 from .stream_trace import Trace, as_gate, empty_linear_memory, group_recall, phase_recall, theta_gate, trace_memory
 

@@ -7,7 +7,7 @@ SWA: the same block with SW-Attn, each query seeing the last ``window`` tokens. 
 ``window - 1`` tokens, so the cost per token stays flat. It is the short-term memory that MAG and MAL combine
 with the neural memory.
 
-Both are sequence mixers for :class:`titans_edu.blocks.Block`: ``forward(x, state) -> (out, state)``.
+Both are sequence mixers for :class:`titans_edu.models.blocks.Block`: ``forward(x, state) -> (out, state)``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import Attention, KVCache
-from .model_config import ModelConfig
+from .config import ModelConfig
 
 
 @dataclass

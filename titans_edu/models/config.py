@@ -16,7 +16,7 @@ each model lands within 10% of its nominal size. Parameter counts include the to
 output head shares its weights). CHOICE (SPEC §3): C = W = 512 at the paper's scale.
 
 CHOICE: the largest memory step ``max_lr`` (theta_t <= max_lr) defaults to the memory's own default,
-``min(0.1, 0.5 / chunk_size)`` (see :mod:`titans_edu.neural_memory`): a chunk sums gradients taken at the same
+``min(0.1, 0.5 / chunk_size)`` (see :mod:`titans_edu.memory.layer`): a chunk sums gradients taken at the same
 weights, so for similar keys it acts like one step ``chunk_size`` times larger. Much smaller steps let
 forgetting pull a deep memory to all-zero weights, where its gradient vanishes.
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 from .attention import Backend, check_backend
-from .neural_memory import MemoryConfig, default_max_lr
+from ..memory.layer import MemoryConfig, default_max_lr
 
 VARIANTS = ("lmm", "mac", "mag", "mal", "transformer", "swa")
 TITANS_VARIANTS = ("lmm", "mac", "mag", "mal")
@@ -37,7 +37,7 @@ SIZES = ("tiny", "170m", "340m", "400m", "760m")
 
 @dataclass
 class ModelConfig:
-    """Everything that shapes a model built by :func:`titans_edu.models.build_model`. Validates itself."""
+    """Everything that shapes a model built by :func:`titans_edu.models.lm.build_model`. Validates itself."""
 
     variant: str = "mac"
     vocab_size: int = 256
@@ -110,7 +110,7 @@ class ModelConfig:
         return self.variant in TITANS_VARIANTS
 
     def memory_config(self) -> MemoryConfig:
-        """The config of each layer's :class:`~titans_edu.neural_memory.NeuralMemory`."""
+        """The config of each layer's :class:`~titans_edu.memory.layer.NeuralMemory`."""
         return MemoryConfig(
             dim=self.dim, heads=self.memory_heads, depth=self.memory_depth, expansion=self.memory_expansion,
             activation=self.memory_activation, chunk_size=self.chunk_size, momentum=self.momentum,

@@ -1,7 +1,7 @@
 """One chunk of an MLP memory with a hand-written backward pass: the fast twin of :func:`chunked.dual_form_chunk`.
 
-:func:`~titans_edu.chunked.dual_form_chunk` is written for autograd: the anchor pass of
-:meth:`MLPMemory.grad_terms`, then one :func:`~titans_edu.chunked.dual_layer` per memory layer. Left to autograd,
+:func:`~titans_edu.memory.chunked.dual_form_chunk` is written for autograd: the anchor pass of
+:meth:`MLPMemory.grad_terms`, then one :func:`~titans_edu.memory.chunked.dual_layer` per memory layer. Left to autograd,
 a chunk becomes some forty graph nodes, and the weights ``M_{t'}`` of a new chunk receive two gradients (one as
 the anchor of the gradients ``u_j``, one as the weights the chunk starts from) that autograd adds up in a pass of
 their own over every ``(d_in, d_out)`` matrix. Here the whole chunk is one node. Its forward pass builds each new
@@ -20,22 +20,20 @@ Notation, for memory layer ``l`` with weights ``M_l`` ``(d_{l-1}, d_l)`` (rows a
     chunk end (Eqs. 16-18)      M_l' = beta_n M_l + g_n S_l - a_{l-1}^T (c * delta_l)      c = C[n-1, :]
                                 S_l' = e_n S_l - a_{l-1}^T (d * delta_l)                   d = D[n-1, :]
 
-``beta, g, e, C, D`` are :class:`~titans_edu.chunked.ChunkCoefficients`. All tensors here have the batch and head
+``beta, g, e, C, D`` are :class:`~titans_edu.memory.coefficients.ChunkCoefficients`. All tensors here have the batch and head
 dims merged into one leading dim ``N``: ``q, k`` ``(N, n, d_0)``, ``v`` ``(N, n, d_L)``, gates ``(N, n)``, ``C, D``
 ``(N, n, n)``, every state matrix ``(N, d_{l-1}, d_l)``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
-from .memories import ACTIVATIONS, MLPMemory
-
-if TYPE_CHECKING:  # chunked imports this module
-    from .chunked import ChunkCoefficients
+from .coefficients import ChunkCoefficients
+from .networks import ACTIVATIONS, MLPMemory
 
 
 class Layout(NamedTuple):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
+
+from ..models.blocks import Block
 
 
 @dataclass
@@ -100,8 +104,6 @@ def broadcast_from_main(value: Any, runtime: Runtime) -> Any:
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
     """The repeated residual blocks: the units of activation checkpointing and of FSDP sharding."""
-    from .blocks import Block
-
     return [m for m in model.modules() if isinstance(m, Block)]
 
 
@@ -142,3 +144,15 @@ def unwrapped(model: nn.Module) -> nn.Module:
     """The model inside ``torch.compile`` and DDP (an FSDP model is its own module)."""
     model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Make ``dtype`` torch's default dtype inside the block and give the caller's back after it. The trainer and
+    the memory estimates of ``scaling`` run in float32 this way, also when called from a notebook's float64."""
+    caller = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(caller)

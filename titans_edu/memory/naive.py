@@ -9,7 +9,7 @@ For token ``t`` in a chunk that started at ``t'`` (SPEC §2; with ``chunk_size=1
     y_t = M_t(q_t)                                 Eq. 15, retrieval (reads the memory that includes token t)
 
 The gradient comes from ``torch.func.grad`` (autograd), not from the manual backprop the fast path uses, so
-the two are independent. Works for any memory in :mod:`titans_edu.memories`.
+the two are independent. Works for any memory in :mod:`titans_edu.memory.networks`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.func import grad
 
-from .memories import associative_loss
+from .networks import associative_loss
 from .state import MemoryState
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .model_config import SIZES, VARIANTS
+from ..models.config import SIZES, VARIANTS
 PAPER_BATCH_TOKENS = 2**19  # "0.5M tokens" (§5)
 
 # Defaults that depend on the size: everything the recipe leaves as None is filled from here.

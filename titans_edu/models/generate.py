@@ -12,10 +12,13 @@ carries everything the model keeps about the past. What it keeps, and so the cos
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from .models import ModelState, TitansLM
+if TYPE_CHECKING:  # for the annotations only: the model module imports this one
+    from .lm import ModelState, TitansLM
 
 
 def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,

@@ -1,8 +1,8 @@
 """The optional block-sparse attention path for long sequences on GPU (FlexAttention).
 
-It computes what :func:`titans_edu.attention.attend` computes with a dense mask, but from a ``mask_mod``
+It computes what :func:`titans_edu.models.attention.attend` computes with a dense mask, but from a ``mask_mod``
 that FlexAttention evaluates per block, so the blocks a sliding window or a MAC segment hides are skipped.
-It is used only on CUDA (:func:`titans_edu.attention.attention_backend`); on CPU it also runs, unfused and
+It is used only on CUDA (:func:`titans_edu.models.attention.attention_backend`); on CPU it also runs, unfused and
 slowly, which is how its agreement with the dense path is tested.
 """
 
@@ -30,7 +30,7 @@ def flex_attend(
     q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, window: int | None, n_persistent: int,
     scale: float, compiled: bool | None = None,
 ) -> Tensor:
-    """FlexAttention under the mask of :func:`titans_edu.attention.visibility`.
+    """FlexAttention under the mask of :func:`titans_edu.models.attention.visibility`.
 
     ``k`` and ``v`` hold ``n_persistent`` persistent entries first, then the tokens at ``k_pos``.
     ``compiled``: compile FlexAttention (default: on CUDA only).

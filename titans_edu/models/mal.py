@@ -38,9 +38,9 @@ import torch
 from torch import Tensor, nn
 
 from .attention import KVCache
-from .model_config import ModelConfig
+from .config import ModelConfig
 from .persistent import hybrid_parts, memory_reads_persistent
-from .state import MemoryState
+from ..memory.state import MemoryState
 
 
 @dataclass

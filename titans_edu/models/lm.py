@@ -7,15 +7,15 @@
 
 Variants (the mixer of every block):
 
-    "lmm"          the neural memory alone                       :mod:`titans_edu.lmm`
-    "mac"          memory as a context, Eqs. 21-25               :mod:`titans_edu.mac`
-    "mag"          memory as a gate, Eqs. 26-28                  :mod:`titans_edu.mag`
-    "mal"          memory as a layer, Eqs. 29-31                 :mod:`titans_edu.mal`
-    "transformer"  Transformer++: full causal attention, RoPE    :mod:`titans_edu.baselines`
-    "swa"          sliding-window attention                      :mod:`titans_edu.baselines`
+    "lmm"          the neural memory alone                       :mod:`titans_edu.models.lmm`
+    "mac"          memory as a context, Eqs. 21-25               :mod:`titans_edu.models.mac`
+    "mag"          memory as a gate, Eqs. 26-28                  :mod:`titans_edu.models.mag`
+    "mal"          memory as a layer, Eqs. 29-31                 :mod:`titans_edu.models.mal`
+    "transformer"  Transformer++: full causal attention, RoPE    :mod:`titans_edu.models.baselines`
+    "swa"          sliding-window attention                      :mod:`titans_edu.models.baselines`
 
 ``forward(tokens, state)`` returns the logits and the state after the last token; passing that state to the
-next call continues the stream, so chained calls equal one call, and :func:`titans_edu.generate.generate`
+next call continues the stream, so chained calls equal one call, and :func:`titans_edu.models.generate.generate`
 streams one token at a time.
 """
 
@@ -31,11 +31,12 @@ from torch import Tensor, nn
 
 from .baselines import AttentionMixer
 from .blocks import Block
+from .config import SIZES, VARIANTS, ModelConfig
+from .generate import generate
 from .lmm import LMMMixer
 from .mac import MACMixer
 from .mag import MAGMixer
 from .mal import MALMixer
-from .model_config import SIZES, VARIANTS, ModelConfig
 
 
 def make_mixer(config: ModelConfig) -> nn.Module:
@@ -123,9 +124,7 @@ class TitansLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, **kwargs) -> tuple[Tensor, ModelState]:
-        """See :func:`titans_edu.generate.generate`."""
-        from .generate import generate
-
+        """See :func:`titans_edu.models.generate.generate`."""
         return generate(self, prompt, max_new_tokens, **kwargs)
 
 

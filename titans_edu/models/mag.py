@@ -12,7 +12,7 @@ Glossary (paper symbol -> code name):
     p            ``persistent``: in the attention, keys and values with no position (always visible); in the
                  memory, the first tokens of its stream
     M(x~)        ``self.memory(x, state.memory)``: position t reads M_t, the memory including token t (SPEC §1)
-    ⊗            :class:`~titans_edu.blocks.MemoryGate`: ``RMSNorm_a(y) * sigmoid(RMSNorm_b(M(x~)))``
+    ⊗            :class:`~titans_edu.models.blocks.MemoryGate`: ``RMSNorm_a(y) * sigmoid(RMSNorm_b(M(x~)))``
 
 Outputs are kept at the positions of ``x`` only. CHOICE (SPEC §3): the memory reads the persistent tokens once,
 at the start of the stream, when the state is created; a stream split into calls gives what one call gives.
@@ -30,9 +30,9 @@ from torch import Tensor, nn
 
 from .attention import KVCache
 from .blocks import MemoryGate
-from .model_config import ModelConfig
+from .config import ModelConfig
 from .persistent import hybrid_parts, memory_reads_persistent
-from .state import MemoryState
+from ..memory.state import MemoryState
 
 
 @dataclass

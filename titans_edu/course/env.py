@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib
 import platform
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -37,18 +35,6 @@ def setup(seed: int = 0, threads: int = NOTEBOOK_THREADS, dtype: torch.dtype = t
                                     "grid.alpha": 0.3, "font.size": 10})
     except ImportError:  # plotting is optional for the package itself
         pass
-
-
-@contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Make ``dtype`` torch's default dtype inside the block and give the caller's back after it. The trainer and
-    the memory estimates of ``scaling`` run in float32 this way, also when called from a notebook's float64."""
-    caller = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(caller)
 
 
 REQUIRED = {"torch": "2.5", "numpy": "1.24", "einops": "0.7", "matplotlib": "3.7", "ipywidgets": "8.0", "tqdm": "4.0"}

@@ -27,48 +27,14 @@ Glossary: ``theta``, ``eta``, ``alpha`` are θ_t, η_t, α_t; ``surprise`` is S_
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
+from .coefficients import ChunkCoefficients, chunk_coefficients
 from .fused_chunk import fused_chunk
-from .memories import MLPMemory, ModuleMemory, associative_loss
+from .networks import MLPMemory, ModuleMemory, associative_loss
 from .state import MemoryState, Weights, stream_pieces
-
-
-class ChunkCoefficients(NamedTuple):
-    """The scalars that mix ``M``, ``S`` and the ``u_j`` inside one chunk; shapes ``(..., n)`` or ``(..., n, n)``."""
-
-    beta: Tensor  # prod (1 - alpha) up to i: weight of M in M_i (Eq. 16)
-    e: Tensor  # prod eta up to i: weight of S in S_i
-    g: Tensor  # weight of S in M_i
-    C: Tensor  # weight of u_j in M_i (with a minus sign)
-    D: Tensor  # weight of u_j in S_i (with a minus sign)
-
-
-def decay_matrix(a: Tensor) -> Tensor:
-    """``P[..., i, j] = prod_{j < r <= i} a[..., r]`` for ``i >= j`` and 0 above the diagonal.
-
-    Built with a cumulative product down the columns, so it has no division and no log: it stays exact when
-    a gate is 0 (momentum off) or 1. Shape ``(..., n) -> (..., n, n)``.
-    """
-    n = a.shape[-1]
-    below = torch.ones(n, n, dtype=torch.bool, device=a.device).tril(-1)  # r > j
-    factors = torch.where(below, a.unsqueeze(-1), torch.ones((), dtype=a.dtype, device=a.device))
-    return factors.cumprod(dim=-2).tril()
-
-
-def chunk_coefficients(theta: Tensor, eta: Tensor, alpha: Tensor) -> ChunkCoefficients:
-    """Eqs. 16-18 for one chunk (or part of one). Gates ``(..., n)``; see the module docstring."""
-    keep = 1 - alpha
-    E, B = decay_matrix(eta), decay_matrix(keep)
-    e, beta = eta.cumprod(-1), keep.cumprod(-1)
-    g = (B @ e.unsqueeze(-1)).squeeze(-1)
-    C = (B @ E) * theta.unsqueeze(-2)
-    D = E * theta.unsqueeze(-2)
-    return ChunkCoefficients(beta, e, g, C, D)
 
 
 def dual_layer(
@@ -99,7 +65,7 @@ def dual_form_chunk(
 
     The plain form, written for autograd: the anchor pass of :meth:`MLPMemory.grad_terms`, then one
     :func:`dual_layer` per memory layer. Its fast twin, one autograd node with a hand-written backward pass, is
-    :func:`titans_edu.fused_chunk.fused_chunk`; :func:`chunked_memory` runs this plain form under autocast, so
+    :func:`titans_edu.memory.fused_chunk.fused_chunk`; :func:`chunked_memory` runs this plain form under autocast, so
     that autocast picks the precisions.
     """
     inputs, deltas = memory.grad_terms(anchor, k, v)  # u_j = a_j^T delta_j at M_{t'}, for every j
@@ -159,7 +125,7 @@ def chunked_memory(
     chunk_size: int = 64,
     state: MemoryState | None = None,
 ) -> tuple[Tensor, MemoryState]:
-    """The fast twin of :func:`titans_edu.naive.naive_memory`: same arguments, same results.
+    """The fast twin of :func:`titans_edu.memory.naive.naive_memory`: same arguments, same results.
 
     Loops over chunks only; all tokens inside a chunk are handled by matmuls. A call may start or end inside a
     chunk (the state remembers where), so any split of a stream into calls gives the same outputs.

@@ -1,11 +1,11 @@
 """LMM: the neural long-term memory alone as the sequence mixer (paper §4, §5; notebook 07).
 
-The block is the shared pre-norm residual block with :class:`~titans_edu.neural_memory.NeuralMemory` as its
+The block is the shared pre-norm residual block with :class:`~titans_edu.memory.layer.NeuralMemory` as its
 mixer and no attention. The memory reads ``[p || x]`` (Eq. 19; the ablations of Table 5 remove ``p`` from the
 LMM): the persistent tokens are written once, at the start of the stream
-(:func:`~titans_edu.persistent.memory_reads_persistent`), and their outputs are dropped.
+(:func:`~titans_edu.models.persistent.memory_reads_persistent`), and their outputs are dropped.
 
-Streaming: the state is the memory's :class:`~titans_edu.state.MemoryState`, of fixed size, so the cost per
+Streaming: the state is the memory's :class:`~titans_edu.memory.state.MemoryState`, of fixed size, so the cost per
 token does not grow with the context.
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .model_config import ModelConfig
-from .neural_memory import NeuralMemory
+from .config import ModelConfig
+from ..memory.layer import NeuralMemory
 from .persistent import PersistentMemory, memory_reads_persistent
-from .state import MemoryState
+from ..memory.state import MemoryState
 
 
 class LMMMixer(nn.Module):

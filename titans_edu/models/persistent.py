@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from .attention import Attention
-from .model_config import ModelConfig
-from .neural_memory import NeuralMemory
-from .state import MemoryState
+from .config import ModelConfig
+from ..memory.layer import NeuralMemory
+from ..memory.state import MemoryState
 
 
 class PersistentMemory(nn.Module):

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, bmm_flop
 
-from .env import default_dtype
-from .models import build_model
+from ..models.lm import build_model
+from .parallel import default_dtype
 
 GiB = 2**30
 

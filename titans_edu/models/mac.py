@@ -17,12 +17,12 @@ Glossary (paper symbol -> code name):
     y_t                 ``y``: the attention output at the segment positions
     M_t, M*_t(y_t)      ``self.memory(y, state.memory)``: writes (k, v) projected from y and reads with the
                         memory updated *through each token* (position i reads M after token i; SPEC §3 step 5)
-    ⊗                   :class:`~titans_edu.blocks.MemoryGate`
+    ⊗                   :class:`~titans_edu.models.blocks.MemoryGate`
 
 CHOICEs (SPEC §3):
 
 - Memory token ``h_j`` is read with ``q_j``, computed from segment token ``j``; segment token ``i`` sees ``h_j``
-  only for ``j <= i`` (:func:`~titans_edu.attention.segment_mask`), otherwise position ``i`` would see token
+  only for ``j <= i`` (:func:`~titans_edu.models.attention.segment_mask`), otherwise position ``i`` would see token
   ``j > i``. ``h_j`` carries the position of token ``j``. Every segment token sees all persistent tokens.
 - The memory tokens are mapped back to the model width by the memory's own output head (RMSNorm, gate from
   the segment input, W_O) before the attention projects them.
@@ -45,9 +45,9 @@ from torch import Tensor, nn
 
 from .attention import KVCache, Projected
 from .blocks import MemoryGate
-from .model_config import ModelConfig
+from .config import ModelConfig
 from .persistent import hybrid_parts
-from .state import MemoryState, Weights, stream_pieces
+from ..memory.state import MemoryState, Weights, stream_pieces
 
 
 @dataclass

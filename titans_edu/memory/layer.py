@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .chunked import chunked_memory
-from .memories import ACTIVATIONS, MLPMemory, ModuleMemory
+from .networks import ACTIVATIONS, MLPMemory, ModuleMemory
 from .naive import naive_memory
 from .state import MemoryState
 

@@ -213,7 +213,7 @@ def attend(
         k = torch.cat([torch.cat([torch.zeros_like(k_p), k_p], -1), torch.cat([k, torch.zeros_like(k)], -1)], 2)
         v = torch.cat([v_p, v], dim=2)
     if path == "flex":
-        from .flex_path import flex_attend
+        from .flex import flex_attend
 
         return flex_attend(q, k, v, q_pos, k_pos, window, n_persistent, scale)
     mask = visibility(q_pos, k_pos, window, n_persistent)

@@ -1,0 +1,266 @@
+"""Train any Titans variant or baseline, at any size, on one CPU, one GPU or many (paper §5; SPEC §4).
+
+    python -m titans_edu.train                                   # tiny MAC, embedded corpus, CPU or GPU
+    python -m titans_edu.train --variant=mag --max_steps=1000 --model.dim=128
+    python -m titans_edu.train --resume                          # continue the newest checkpoint exactly
+    torchrun --nproc_per_node 8 -m titans_edu.train --size=340m --data=data/fineweb-edu --tokenizer=tok.json
+
+The loop is the usual one: for each step, accumulate gradients over micro-batches until the step has seen
+``batch_tokens`` tokens, clip them, take an AdamW step with warmup then cosine decay; every ``eval_every``
+steps evaluate, print a sample and write a checkpoint. The recipe is in ``train_config``, the data in
+``data``, checkpoints in ``checkpoint``, devices and DDP/FSDP in ``parallel``, logs in ``run_log``.
+
+A loss that is not finite, or running out of memory, stops the run with a message; the last checkpoint,
+written before the problem, stays as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models.generate import generate
+from ..models.lm import build_model
+from . import checkpoint as ckpt
+from .config import FSDP_SIZES, TrainConfig, config_from_args, plan_accumulation
+from .data import BatchSampler, open_source
+from .parallel import (Runtime, broadcast_from_main, default_dtype, init_runtime, mean_across_processes, shutdown,
+                       unwrapped, wrap_model)
+from .run_log import RunLog, bits_per_byte
+from .tokenizer import Tokenizer
+
+ModelBuilder = Callable[..., nn.Module]  # build_model(variant, size, **overrides)
+RUN_KEYS = ("variant", "size", "model", "data", "tokenizer", "seed", "context", "micro_batch", "batch_tokens")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, out of memory, ...). The last checkpoint is intact."""
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms or gate scalars), as in nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+def next_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits, _ = model(x)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, sampler: BatchSampler, batches: int, rt: Runtime) -> float:
+    """Mean validation loss over ``batches`` global batches of held-out windows.
+
+    They are the same windows at every eval (they depend on the seed only), and the same for any number of
+    processes: each process evaluates its share of every global batch, as in training.
+    """
+    model.eval()
+    total = torch.zeros((), device=rt.device)
+    for i in range(batches):
+        for micro in range(sampler.accum):
+            x, y = sampler.batch(i, micro, split="val", device=rt.device)
+            with rt.autocast_context():
+                total += next_token_loss(model, x, y)
+    model.train()
+    return mean_across_processes(total / (batches * sampler.accum), rt).item()
+
+
+def sample_text(model: nn.Module, tokenizer: Tokenizer, prompt: str, tokens: int, temperature: float, seed: int,
+                rt: Runtime) -> str:
+    """Continue ``prompt``, one token per model call with the streaming state (:mod:`titans_edu.models.generate`)."""
+    model.eval()
+    generator = torch.Generator(rt.device).manual_seed(seed)  # its own generator: training's RNG is untouched
+    prompt_ids = torch.tensor([tokenizer.encode(prompt) or [0]], device=rt.device)
+    with rt.autocast_context():
+        ids, _ = generate(model, prompt_ids, tokens, temperature=temperature, generator=generator)
+    model.train()
+    return prompt + tokenizer.decode(ids[0, prompt_ids.shape[1]:].tolist())
+
+
+def choose_run_folder(cfg: TrainConfig) -> Path:
+    """``out_dir``, or ``runs/<variant>-<size>`` and, for a fresh run, the first of ``-2``, ``-3``... not in use."""
+    if cfg.out_dir:
+        folder = Path(cfg.out_dir)
+        if not cfg.resume and ckpt.list_checkpoints(folder / "ckpt"):
+            raise ValueError(f"{folder} already holds a run's checkpoints. Pass --resume to continue it, or "
+                             f"another --out_dir for a new run (nothing is overwritten).")
+        return folder
+    base = Path("runs") / f"{cfg.variant}-{cfg.size}"
+    folder, n = base, 1
+    while not cfg.resume and folder.exists() and any(folder.iterdir()):
+        n += 1
+        folder = base.with_name(f"{base.name}-{n}")
+    return folder
+
+
+def train(cfg: TrainConfig, build: ModelBuilder | None = None) -> dict:
+    """Run training as ``cfg`` says; return a summary (run folder, first and last loss, final val loss, ...)."""
+    cfg = cfg.with_recipe()
+    build = build or build_model
+    rt = init_runtime(cfg.device, cfg.dtype)
+    try:
+        # Weights, optimizer state and the loss are float32 (bfloat16 only inside autocast), also when the caller
+        # made float64 the default, as the notebooks' setup() does: a run in a notebook is the command line's run.
+        with default_dtype(torch.float32):
+            return _train(cfg, build, rt)
+    finally:
+        shutdown(rt)
+
+
+def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
+    if rt.device.type == "cpu":
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)  # results on CPU are bitwise repeatable at a fixed thread count
+        # Denormal floats (below 1.2e-38) slow CPU matmuls down many times over; an untrained memory with
+        # forgetting decays towards zero over a long stream and produces them. Flush them to zero.
+        torch.set_flush_denormal(True)
+    folder = broadcast_from_main(choose_run_folder(cfg) if rt.is_main else None, rt)
+    data, tokenizer = open_source(cfg.data, cfg.tokenizer, cfg.val_fraction)
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process
+    model = build(cfg.variant, cfg.size, **{"vocab_size": data.vocab_size, **cfg.model})
+    context = cfg.context or model.config.context
+    data.check_fits(context, model.config.vocab_size)
+    accum = plan_accumulation(cfg.batch_tokens, cfg.micro_batch, context, rt.world)
+    sampler = BatchSampler(data, context, cfg.micro_batch, accum, rt.rank, rt.world, cfg.seed)
+    step_tokens = cfg.micro_batch * context * accum * rt.world
+    n_params = sum(p.numel() for p in model.parameters())
+
+    model.to(rt.device)
+    fsdp = cfg.fsdp == "on" or (cfg.fsdp == "auto" and rt.distributed and cfg.size in FSDP_SIZES)
+    model = wrap_model(model, rt, fsdp, cfg.compile, cfg.activation_checkpointing)
+    optimizer = make_optimizer(model, cfg, rt.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(s, cfg) / cfg.lr)
+    step = 0
+    if cfg.resume:
+        step = resume(cfg, folder, model, optimizer, scheduler)
+    elif rt.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+    log = RunLog(folder, cfg.metrics, cfg.tensorboard, enabled=rt.is_main)
+    say = tqdm.write if rt.is_main else (lambda *_: None)
+    say(f"{cfg.variant} {cfg.size}: {n_params / 1e6:.2f}M parameters on {rt.device} x{rt.world}"
+        f"{' (FSDP)' if fsdp else ''}; {step_tokens:,} tokens per step ({accum} micro-batches of "
+        f"{cfg.micro_batch} x {context} per process); data {data.source}; run folder {folder}")
+
+    def save(step: int) -> None:
+        model_state, optimizer_state = ckpt.model_and_optimizer_state(model, optimizer)  # every rank (FSDP)
+        if rt.is_main:
+            payload = {"model": model_state, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
+                       "step": step, "rng": ckpt.rng_state(), "config": cfg.to_dict()}
+            ckpt.save_checkpoint(folder / "ckpt", step, payload, cfg.keep_last)
+
+    def eval_and_sample(step: int) -> float:
+        val = evaluate(model, sampler, cfg.eval_batches, rt)
+        ppl, bpb = math.exp(min(val, 50.0)), bits_per_byte(val, data.bytes_per_token)
+        log.log({"step": step, "val_loss": val, "val_ppl": ppl, **({"val_bpb": bpb} if bpb is not None else {})})
+        say(f"step {step}: val loss {val:.4f}, ppl {ppl:.2f}" + (f", {bpb:.3f} bits/byte" if bpb is not None else ""))
+        if tokenizer is not None and cfg.sample_tokens:
+            text = sample_text(unwrapped(model) if not fsdp else model, tokenizer, cfg.sample_prompt,
+                               cfg.sample_tokens, cfg.temperature, cfg.seed + step, rt)
+            log.sample(step, text)
+            say(f"sample: {text!r}")
+        if cfg.plot:
+            log.plot()
+        return val
+
+    model.train()
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (rt.is_main and cfg.progress), unit="step")
+    first_loss = last_loss = val = None
+    start = time.perf_counter()
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        try:
+            loss = torch.zeros((), device=rt.device)
+            for micro in range(accum):  # gradient accumulation; DDP syncs gradients on the last micro-batch only
+                x, y = sampler.batch(step, micro, device=rt.device)
+                sync = micro == accum - 1 or not hasattr(model, "no_sync")
+                with rt.autocast_context(), (nullcontext() if sync else model.no_sync()):
+                    micro_loss = next_token_loss(model, x, y) / accum
+                micro_loss.backward()
+                loss += micro_loss.detach()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            loss = mean_across_processes(loss, rt).item()
+            if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
+                raise TrainingError(
+                    f"the loss became {loss} (gradient norm {float(grad_norm)}) at step {step + 1}. Stopped without "
+                    f"saving; the last good checkpoint is {ckpt.latest_checkpoint(folder / 'ckpt')}. Try a lower "
+                    f"--lr, more --warmup_steps, or --dtype=float32."
+                )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        except torch.OutOfMemoryError as err:
+            raise TrainingError(
+                f"out of memory at step {step + 1} with micro_batch={cfg.micro_batch} x context={context}. Lower "
+                f"--micro_batch (accumulation keeps batch_tokens), add --activation_checkpointing, or shard with "
+                f"--fsdp=on. The last good checkpoint is {ckpt.latest_checkpoint(folder / 'ckpt')}."
+            ) from err
+        step += 1
+        first_loss = loss if first_loss is None else first_loss
+        last_loss, dt = loss, time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{step_tokens / dt:,.0f}")
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            log.log({"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                     "tokens": step * step_tokens, "tokens_per_s": step_tokens / dt,
+                     "elapsed_s": time.perf_counter() - start})
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            val = eval_and_sample(step)
+        if step % (cfg.ckpt_every or cfg.eval_every) == 0 or step == cfg.max_steps:
+            save(step)
+    bar.close()
+    log.close()
+    trained = f"; train loss {first_loss:.3f} -> {last_loss:.3f}" if first_loss is not None else ""
+    say(f"done: {step} steps in {time.perf_counter() - start:.0f} s{trained}; checkpoints, metrics and loss.png "
+        f"in {folder}")
+    return {"folder": folder, "steps": step, "first_loss": first_loss, "last_loss": last_loss, "val_loss": val,
+            "parameters": n_params}
+
+
+def resume(cfg: TrainConfig, folder: Path, model: nn.Module, optimizer, scheduler) -> int:
+    """Load model, optimizer, schedule and random states; return the step to continue from."""
+    source = folder / "ckpt" if cfg.resume == "latest" else Path(cfg.resume)
+    if cfg.resume == "latest" and not ckpt.list_checkpoints(source):
+        raise ckpt.CheckpointError(f"--resume: no checkpoint in {source}, so nothing to resume. Start the run "
+                                   f"without --resume, or point --out_dir at the run to continue.")
+    state = ckpt.load_checkpoint(source)
+    saved = state["config"]
+    changed = [k for k in RUN_KEYS if saved.get(k) != getattr(cfg, k)]
+    if changed:
+        raise ValueError(
+            f"--resume: this run's {', '.join(f'{k}={getattr(cfg, k)!r}' for k in changed)} differ from the "
+            f"checkpoint's ({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}). Resume with the same settings."
+        )
+    ckpt.load_model_and_optimizer_state(model, optimizer, state["model"], state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    ckpt.set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def main(argv: list[str] | None = None, build: ModelBuilder | None = None) -> int:
+    """Command-line entry point: ``python -m titans_edu.train [--field=value ...]``. Returns the exit code."""
+    try:
+        summary = train(config_from_args(argv), build)
+    except (ValueError, TrainingError, ckpt.CheckpointError) as err:  # DataError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0 if summary else 1
