@@ -124,9 +124,14 @@ def state_matmul_floor(fresh: bool, batch: int = BATCH, seq: int = SEQ, repeats:
     return min(one_chunk() for _ in range(repeats)) * -(-seq // CHUNK)
 
 
-def ours():
+def ours(**changes):
     return NeuralMemory(MemoryConfig(dim=DIM, heads=HEADS, depth=DEPTH, expansion=EXPANSION, chunk_size=CHUNK,
-                                     momentum=True, forgetting=True))
+                                     momentum=True, forgetting=True, **changes))
+
+
+def ours_plain():
+    """Our layer with the plain rule of Eqs. 13-14 (no dampening, no norm bound, raw values): what the bound costs."""
+    return ours(dampening=False, max_norm=None, normalize_values=False)
 
 
 def theirs():
@@ -158,7 +163,8 @@ def time_forward_backward(layer, x) -> float:
 def side_by_side(rounds: int) -> dict:
     torch.manual_seed(0)
     x = torch.randn(BATCH, SEQ, DIM)
-    layers = {"titans_edu": ours()}
+    layers = {"titans_edu": ours(), "titans_edu, plain rule": ours_plain()}
+    layers["titans_edu, plain rule"].load_state_dict(layers["titans_edu"].state_dict())
     try:
         layers["titans-pytorch"] = theirs()
     except ImportError:
@@ -252,6 +258,10 @@ def main() -> None:
     for name, r in results.items():
         print(f"| {name} | {r['forward']:,.0f} | {r['forward_backward']:,.0f} |")
     ours_r = results["titans_edu"]
+    plain = results["titans_edu, plain rule"]
+    print(f"\nthe bound (dampening, norm bound, unit values) against the plain rule: forward "
+          f"{ours_r['forward'] / plain['forward']:.3f}x, forward+backward "
+          f"{ours_r['forward_backward'] / plain['forward_backward']:.3f}x the speed")
     achieved = ours_r["forward_backward"] * flops["forward_backward"] / 1e9
     print(f"\nour forward+backward runs at {achieved:.1f} GFLOP/s = {achieved / peak:.0%} of the measured matmul rate")
     floor, cold = state_matmul_floor(fresh=False), state_matmul_floor(fresh=True)

@@ -34,6 +34,7 @@ from torch.func import grad, vmap
 from .coefficients import ChunkCoefficients, chunk_coefficients
 from .fused_chunk import fused_chunk
 from .networks import MLPMemory, ModuleMemory, associative_loss
+from .stability import PLAIN, Stability
 from .state import MemoryState, Weights, stream_pieces
 
 
@@ -124,6 +125,7 @@ def chunked_memory(
     alpha: Tensor,
     chunk_size: int = 64,
     state: MemoryState | None = None,
+    stability: Stability = PLAIN,
 ) -> tuple[Tensor, MemoryState]:
     """The fast twin of :func:`titans_edu.memory.naive.naive_memory`: same arguments, same results.
 
@@ -135,6 +137,7 @@ def chunked_memory(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     state = state or MemoryState.fresh(memory.initial_weights(k.shape[0]))
     weights, anchor, surprise, seen = state.weights, state.anchor, state.surprise, state.seen
+    theta = stability.step_size(theta, eta)  # from here on, the factor of u_j in S (Eq. 14)
     lead = k.shape[:2]  # (batch, heads)
     if isinstance(memory, MLPMemory):  # the fused twin, or the plain form under autocast
         step = dual_form_chunk if _autocast_on(q) else fused_chunk
@@ -143,6 +146,7 @@ def chunked_memory(
         weights, anchor, surprise = _relayout((weights, anchor, surprise), lambda t: t.flatten(0, 1))
     else:
         step = generic_chunk
+    lead_dims = 1 if step is not generic_chunk else 2  # the dims that index sequences and heads
     axis = theta.dim() - 1  # where the chunk index goes in the gates: after the batch (and heads) dims
     sizes = stream_pieces(seen, k.shape[axis], chunk_size)
     head = sizes[0] if sizes and seen % chunk_size else 0  # the rest of a chunk an earlier call began
@@ -156,8 +160,9 @@ def chunked_memory(
     parts = zip(*(t.split(sizes, dim=axis) for t in (k, v, q, theta, eta, alpha)))  # split: one cat in backward
     ys = []
     for n, (k_c, v_c, q_c, theta_c, eta_c, alpha_c) in zip(sizes, parts):
-        if seen % chunk_size == 0:
-            anchor = weights  # a new chunk: gradients are taken at M_{t'}
+        if seen % chunk_size == 0:  # a new chunk: bound M (if asked); its gradients are taken at M_{t'}
+            weights = stability.bound(weights, lead_dims)
+            anchor = weights
         if n == chunk_size:  # a whole chunk: its coefficients are already computed
             coef = ChunkCoefficients(*next(body_coef))
         else:

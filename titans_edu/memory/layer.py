@@ -3,9 +3,9 @@
     x (batch, seq, dim)
       -> q, k, v = x W_Q, x W_K, x W_V            Eqs. 11 and 15, one projection per head
       -> causal depthwise conv (kernel 4), SiLU    §4.4; with the projection it is a depthwise-separable conv
-      -> l2-normalise q and k                      §4.4
+      -> l2-normalise q and k                      §4.4 (and v, a CHOICE below)
       -> theta_t, eta_t, alpha_t = gates(x_t)      per token and per head (§3.2, "functions of tokens")
-      -> y_t = M_t(q_t) after writing (k_t, v_t)   Eqs. 12-15, chunked (Eqs. 16-18)
+      -> y_t = M_t(q_t) after writing (k_t, v_t)   Eqs. 12-15, chunked (Eqs. 16-18), kept bounded (below)
       -> RMSNorm(y) * sigmoid(x W_G), then W_O     §4.4: normalisation and a linear gate before the output
 
 Gates (SPEC CHOICE): ``theta_t = max_lr * sigmoid(x_t w_theta + b_theta)``, ``eta_t = sigmoid(x_t w_eta +
@@ -23,8 +23,18 @@ unit vectors, so the keys of one chunk point in similar directions; the chunk's 
 taken at the same weights ``M_{t'}``, and along that shared direction it acts like one step of size ``b * theta``.
 A step that is safe online (``b = 1``) therefore overshoots and diverges at large ``b``: with the default gates,
 ``max_lr = 0.1`` diverges at ``b = 16`` and ``0.02`` at ``b = 64``. Scaling the largest step by ``1 / b`` keeps
-a fresh layer stable at every chunk size; the cap of 0.1 covers small ``b``, where momentum (``eta ~ 0.73`` at
-init) multiplies the step by about ``1 / (1 - eta)``. The learned gate ``theta_t`` can still lower it per token.
+a fresh layer stable at every chunk size; the cap of 0.1 covers small ``b``. The learned gate ``theta_t`` can
+still lower it per token.
+
+CHOICE: the rule is kept bounded for every gate value the outer loop can learn (:mod:`titans_edu.memory.stability`
+tells why it is needed, with the failure it prevents): momentum is dampened, ``S_t = eta_t S_{t-1} - (1 - eta_t)
+theta_t u_t``, so that learning ``eta_t`` near 1 cannot multiply a chunk's step (``dampening``), and each memory
+layer is scaled into ``||M_l||_F <= max_norm * sqrt(d_out)`` as each chunk starts (``max_norm``). ``dampening=False,
+max_norm=None`` is the rule exactly as Eqs. 13-14 write it.
+
+CHOICE: the values are l2-normalised like the keys (``normalize_values``). The read ``M_t(q_t)`` goes through
+RMSNorm before the output projection, so the scale of the values never reaches the output; normalised, it cannot
+grow either, and the gradients of Eq. 12 stay of the size the bound above expects.
 """
 
 from __future__ import annotations
@@ -37,8 +47,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .chunked import chunked_memory
-from .networks import ACTIVATIONS, MLPMemory, ModuleMemory
 from .naive import naive_memory
+from .networks import ACTIVATIONS, MLPMemory, ModuleMemory
+from .stability import Stability
 from .state import MemoryState
 
 
@@ -73,6 +84,8 @@ class MemoryConfig:
     the memory MLP as a multiple of ``head_dim``. ``chunk_size``: b, tokens per chunk (1 = fully online).
     ``max_lr``: the largest theta (default :func:`default_max_lr`, see above). ``conv_kernel``: width of the causal convolutions (0 = none).
     ``impl``: ``"chunked"`` (fast) or ``"naive"`` (the per-token reference; same results, slow).
+    ``dampening``, ``max_norm``: what keeps the rule bounded (:class:`~titans_edu.memory.stability.Stability`).
+    ``normalize_values``: l2-normalise v like q and k.
     """
 
     dim: int
@@ -91,6 +104,9 @@ class MemoryConfig:
     alpha_bias: float = -5.0  # sigmoid(-5) ~ 0.007: the memory starts with little forgetting
     conv_kernel: int = 4
     impl: Literal["chunked", "naive"] = "chunked"
+    dampening: bool = True
+    max_norm: float | None = 2.0
+    normalize_values: bool = True
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.heads < 1:
@@ -120,6 +136,11 @@ class MemoryConfig:
             raise ValueError(f"conv_kernel must be >= 0 (0 turns the convolutions off), got {self.conv_kernel}")
         if self.impl not in ("chunked", "naive"):
             raise ValueError(f"impl must be 'chunked' or 'naive', got {self.impl!r}")
+        Stability(self.dampening, self.max_norm)  # raises on a max_norm that is not a positive number
+
+    @property
+    def stability(self) -> Stability:
+        return Stability(dampening=self.dampening, max_norm=self.max_norm)
 
 
 class NeuralMemory(nn.Module):
@@ -175,6 +196,7 @@ class NeuralMemory(nn.Module):
         """``q, k, v`` as ``(batch, heads, seq, head_dim)``, and the new convolution cache."""
         h, conv_cache = self._projected(x, conv_cache, rows=3)
         q, k, v = h.unbind(0)
+        v = F.normalize(v, dim=-1) if self.config.normalize_values else v
         return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, conv_cache
 
     def project_queries(self, x: Tensor, conv_cache: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -230,7 +252,7 @@ class NeuralMemory(nn.Module):
         q, k, v, conv = self.project(x, state.conv)
         theta, eta, alpha = self.gates(x)
         rule = chunked_memory if c.impl == "chunked" else naive_memory
-        y, new_state = rule(self.memory, k, v, q, theta, eta, alpha, c.chunk_size, state)
+        y, new_state = rule(self.memory, k, v, q, theta, eta, alpha, c.chunk_size, state, c.stability)
         return y, replace(new_state, conv=conv)
 
     def check_state(self, state: MemoryState, batch: int) -> None:

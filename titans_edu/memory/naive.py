@@ -10,6 +10,10 @@ For token ``t`` in a chunk that started at ``t'`` (SPEC §2; with ``chunk_size=1
 
 The gradient comes from ``torch.func.grad`` (autograd), not from the manual backprop the fast path uses, so
 the two are independent. Works for any memory in :mod:`titans_edu.memory.networks`.
+
+``stability`` (:mod:`titans_edu.memory.stability`) adds what bounds the rule: with dampening the step of
+``u_t`` is ``(1 - eta_t) theta_t``, and with ``max_norm`` every layer of ``M`` is scaled into its bound as each
+chunk starts. The default, ``PLAIN``, is the rule exactly as written above.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch import Tensor
 from torch.func import grad
 
 from .networks import associative_loss
+from .stability import PLAIN, Stability
 from .state import MemoryState
 
 
@@ -37,6 +42,7 @@ def naive_memory(
     alpha: Tensor,
     chunk_size: int = 1,
     state: MemoryState | None = None,
+    stability: Stability = PLAIN,
 ) -> tuple[Tensor, MemoryState]:
     """Write ``(k_t, v_t)`` and read ``q_t`` token by token.
 
@@ -51,12 +57,14 @@ def naive_memory(
         return associative_loss(memory(weights, k_t), v_t).sum()
 
     memory_now, anchor, surprise, seen = state.weights, state.anchor, state.surprise, state.seen
+    step = stability.step_size(theta, eta)  # theta_t, or (1 - eta_t) theta_t with dampening
     ys = []
     for t in range(k.shape[2]):
-        if seen % chunk_size == 0:
-            anchor = memory_now  # a new chunk starts: freeze M_{t'}
+        if seen % chunk_size == 0:  # a new chunk starts: bound M (if asked), then freeze it as M_{t'}
+            memory_now = stability.bound(memory_now)
+            anchor = memory_now
         k_t, v_t, q_t = k[:, :, t : t + 1], v[:, :, t : t + 1], q[:, :, t : t + 1]
-        th, et, al = theta[:, :, t], eta[:, :, t], alpha[:, :, t]
+        th, et, al = step[:, :, t], eta[:, :, t], alpha[:, :, t]
 
         u = grad(loss)(anchor, k_t, v_t)
         surprise = tuple(per_seq(et, s) * s - per_seq(th, u_l) * u_l for s, u_l in zip(surprise, u))

@@ -59,6 +59,9 @@ class ModelConfig:
     max_lr: float | None = None  # default min(0.1, 0.5 / chunk_size), see the module docstring
     conv_kernel: int = 4
     memory_impl: Literal["chunked", "naive"] = "chunked"
+    dampening: bool = True  # the memory's momentum as a running average (titans_edu.memory.stability)
+    memory_max_norm: float | None = 2.0  # ||M_l||_F <= memory_max_norm * sqrt(d_out) as each chunk starts
+    normalize_values: bool = True  # l2-normalise the memory's values like its keys
     rope_base: float = 10000.0
     attention_backend: Backend = "auto"
     norm_eps: float = 1e-6
@@ -115,6 +118,7 @@ class ModelConfig:
             dim=self.dim, heads=self.memory_heads, depth=self.memory_depth, expansion=self.memory_expansion,
             activation=self.memory_activation, chunk_size=self.chunk_size, momentum=self.momentum,
             forgetting=self.forgetting, max_lr=self.max_lr, conv_kernel=self.conv_kernel, impl=self.memory_impl,
+            dampening=self.dampening, max_norm=self.memory_max_norm, normalize_values=self.normalize_values,
         )
 
     @classmethod
