@@ -191,6 +191,24 @@ def test_sampling_is_a_pure_function_of_seed_and_step():
     assert not torch.equal(BatchSampler(data, 16, 3, seed=8).batch(5)[0], x)
 
 
+def test_streams_continue_row_by_row_and_restart_where_they_should():
+    data = load_tokens("embedded", ByteTokenizer())
+    sampler = BatchSampler(data, context=16, micro_batch=3, seed=7, windows=4, restart_every=6)
+    assert [sampler.stream_start(s) for s in range(13)] == [0, 0, 0, 0, 4, 4, 6, 6, 8, 8, 8, 8, 12]
+    for step in (0, 1, 2, 4, 6, 8, 9, 10):  # inside a stream, each row reads on where it stopped
+        (x0, y0), (x1, _) = sampler.batch(step), sampler.batch(step + 1)
+        assert torch.equal(torch.cat([x0, x1], 1)[:, 1:17], y0)
+        assert torch.equal(x1[:, 0], y0[:, -1])
+    for step in (3, 5, 7, 11):  # a new stream starts at the next step: other text
+        assert not torch.equal(sampler.batch(step + 1)[0][:, 0], sampler.batch(step)[1][:, -1])
+    # validation windows, and one window per stream, are drawn as before
+    plain = BatchSampler(data, context=16, micro_batch=3, seed=7)
+    assert torch.equal(sampler.batch(5, split="val")[0], plain.batch(5, split="val")[0])
+    assert torch.equal(BatchSampler(data, 16, 3, seed=7, windows=1, restart_every=6).batch(5)[0], plain.batch(5)[0])
+    with pytest.raises(DataError, match="stream of"):
+        BatchSampler(data, context=len(data.train) // 3, micro_batch=1, windows=4)
+
+
 def test_a_global_batch_is_the_same_for_any_number_of_processes():
     data = load_tokens("embedded", ByteTokenizer())
     one = BatchSampler(data, context=8, micro_batch=2, accum=2, world=1)

@@ -77,6 +77,39 @@ def test_resume_continues_bitwise_identically(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_carried_state_trains_on_streams_and_resumes_exactly(tmp_path):
+    flags = ["--max_steps=12", "--eval_every=6", "--eval_batches=1", "--carry_state=3"]
+    assert run(tmp_path / "fresh", *flags[:-1], "--carry_state=1") == 0
+    assert run(tmp_path / "whole", *flags) == 0
+    fresh, whole = losses(tmp_path / "fresh"), losses(tmp_path / "whole")
+    assert fresh[1] != whole[1]  # other windows: rows of a stream read consecutive text
+    with pytest.raises(Crash):  # down during step 10, after the checkpoint of step 6, inside a stream
+        run(tmp_path / "cut", *flags, build=faulty(after=9, error=Crash()))
+    assert run(tmp_path / "cut", *flags, "--resume") == 0
+    assert losses(tmp_path / "cut") == whole  # every loss and gradient norm, exactly
+
+
+def test_a_carried_state_reaches_the_next_window_without_its_history(tmp_path):
+    seen = []
+
+    def build(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        original = model.forward
+
+        def forward(tokens, state=None):
+            if model.training:
+                seen.append(state)
+            return original(tokens, state)
+
+        model.forward = forward
+        return model
+
+    assert run(tmp_path, "--max_steps=4", "--eval_every=4", "--eval_batches=1", "--carry_state=2", build=build) == 0
+    assert [s is None for s in seen] == [True, False, True, False]  # a stream of two windows, twice
+    carried = seen[1].layers[0].memory.weights[0]
+    assert not carried.requires_grad and carried.grad_fn is None  # detached: no backprop into the last window
+
+
 def test_resume_refuses_a_different_run(tmp_path):
     assert run(tmp_path, "--max_steps=2", "--eval_every=2", "--eval_batches=1") == 0
     assert run(tmp_path, "--max_steps=4", "--eval_every=2", "--eval_batches=1", "--seed=5", "--resume") == 1

@@ -16,8 +16,12 @@ counts the memory: without it, one 4K-token sequence of the 760M MAC keeps about
 float32), and uses micro-batches that accumulate to 2^19 tokens on 1 to 8 GPUs.
 
 The ``tiny`` preset is the CPU demo: the same recipe at a size that trains in minutes on two cores, with a
-larger learning rate (CHOICE: 2e-3; small models tolerate it and learn visibly in 300 steps) and one CPU
-thread (CHOICE: its matrices are so small that a second thread gains little, and where the cores are shared
+larger learning rate (CHOICE: 2e-3; small models tolerate it and learn visibly in 300 steps), streams of 10
+consecutive windows with the model's state carried from one to the next (CHOICE, ``carry_state``: truncated
+backprop through time, so that the memory is trained on states that have read ten times the context, and keeps
+its skill when it reads past the training length; a stream also ends at every checkpoint, so a resumed run is
+still exact; at full size the context is 4K and every window starts fresh)
+and one CPU thread (CHOICE: its matrices are so small that a second thread gains little, and where the cores are shared
 with other programs, threads that wait on each other can make a step many times slower).
 
 Any field is set on the command line as ``--field=value``; model options as ``--model.key=value`` (passed
@@ -41,14 +45,14 @@ PAPER_BATCH_TOKENS = 2**19  # "0.5M tokens" (§5)
 # Defaults that depend on the size: everything the recipe leaves as None is filled from here.
 RECIPES: dict[str, dict[str, Any]] = {
     "tiny": dict(lr=2e-3, max_steps=300, warmup_steps=30, micro_batch=8, batch_tokens=None, eval_every=50,
-                 eval_batches=4, threads=1, activation_checkpointing=False),
-    "170m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, micro_batch=16, batch_tokens=PAPER_BATCH_TOKENS,
+                 eval_batches=4, threads=1, activation_checkpointing=False, carry_state=10),
+    "170m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, carry_state=1, micro_batch=16, batch_tokens=PAPER_BATCH_TOKENS,
                  eval_every=500, eval_batches=4, activation_checkpointing=True),
-    "340m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, micro_batch=8, batch_tokens=PAPER_BATCH_TOKENS,
+    "340m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, carry_state=1, micro_batch=8, batch_tokens=PAPER_BATCH_TOKENS,
                  eval_every=500, eval_batches=4, activation_checkpointing=True),
-    "400m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, micro_batch=8, batch_tokens=PAPER_BATCH_TOKENS,
+    "400m": dict(lr=4e-4, max_steps=28_610, warmup_steps=1_000, carry_state=1, micro_batch=8, batch_tokens=PAPER_BATCH_TOKENS,
                  eval_every=500, eval_batches=4, activation_checkpointing=True),
-    "760m": dict(lr=4e-4, max_steps=57_220, warmup_steps=1_000, micro_batch=4, batch_tokens=PAPER_BATCH_TOKENS,
+    "760m": dict(lr=4e-4, max_steps=57_220, warmup_steps=1_000, carry_state=1, micro_batch=4, batch_tokens=PAPER_BATCH_TOKENS,
                  eval_every=500, eval_batches=4, activation_checkpointing=True),
 }
 FSDP_SIZES = ("400m", "760m")  # fsdp="auto" shards these when there is more than one process (CHOICE)
@@ -76,6 +80,7 @@ class TrainConfig:
     warmup_steps: int | None = None
     max_steps: int | None = None
     context: int | None = None  # tokens per training window; None: the model's context
+    carry_state: int | None = None  # windows each row reads in a row, its state carried between them; 1: none
     micro_batch: int | None = None  # sequences per forward pass and process
     batch_tokens: int | None = None  # tokens per optimizer step; reached by gradient accumulation
     # hardware
@@ -110,8 +115,8 @@ class TrainConfig:
         _choose("metrics", self.metrics, ("jsonl", "csv"))
         if not isinstance(self.model, dict):
             raise ValueError(f"model must be a dict of build_model overrides, got {type(self.model).__name__}")
-        for name in ("lr", "max_steps", "context", "micro_batch", "batch_tokens", "keep_last", "ckpt_every",
-                     "eval_every", "eval_batches", "log_every", "threads"):
+        for name in ("lr", "max_steps", "context", "carry_state", "micro_batch", "batch_tokens", "keep_last",
+                     "ckpt_every", "eval_every", "eval_batches", "log_every", "threads"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")

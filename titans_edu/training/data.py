@@ -13,6 +13,13 @@ Three kinds of source, all giving one long stream of token ids split into ``trai
 Sampling is a pure function of ``(seed, step)``: step ``s`` trains on the windows that start at
 ``sample_offsets(..., seed, s)``, whatever happened before. So resuming at step ``s`` needs only ``s``, and
 a global batch is the same set of windows for any number of processes (see :class:`BatchSampler`).
+
+Streams (``windows > 1``): each row then reads ``windows`` consecutive windows of one stretch of text, one per
+step, so that a model can carry its state from one window to the next and learn from memories that have read
+far more than one window (the trainer's ``--carry_state``). The stretches are drawn afresh every ``windows``
+steps, and at every multiple of ``restart_every`` (the trainer's checkpoint period, so that a run resumed from a
+checkpoint starts new streams exactly where the uninterrupted run does), again as a pure function of
+``(seed, step)``.
 """
 
 from __future__ import annotations
@@ -231,12 +238,43 @@ class BatchSampler:
     rank: int = 0
     world: int = 1
     seed: int = 0
+    windows: int = 1  # consecutive windows per row, from the step a stream starts (see stream_start)
+    restart_every: int | None = None  # streams also start at every multiple of this (the checkpoints)
+
+    def __post_init__(self) -> None:
+        if self.windows < 1:
+            raise ValueError(f"windows (consecutive windows per stream) must be >= 1, got {self.windows}")
+        n = len(self.data.train)
+        if self.windows > 1 and n < self.windows * self.context + 1:
+            raise DataError(
+                f"a stream of {self.windows} windows of {self.context} tokens needs {self.windows * self.context + 1} "
+                f"training tokens, but {self.data.source!r} has {n}. Use fewer windows or a shorter --context."
+            )
+
+    def stream_start(self, step: int) -> int:
+        """The step at which the stream that ``step`` trains on began: the last multiple of ``windows`` or of
+        ``restart_every`` at or before ``step``."""
+        start = step - step % self.windows
+        if self.restart_every:
+            start = max(start, step - step % self.restart_every)
+        return start
 
     def batch(self, step: int, micro: int = 0, split: str = "train", device: torch.device | str = "cpu"):
-        """``(x, y)``, each ``(micro_batch, context)`` int64: ``y`` is ``x`` shifted by one token."""
+        """``(x, y)``, each ``(micro_batch, context)`` int64: ``y`` is ``x`` shifted by one token.
+
+        In training with ``windows > 1``, row ``i`` of step ``s`` continues row ``i`` of step ``s - 1`` unless a
+        new stream starts at ``s`` (:meth:`stream_start`). Validation windows are always drawn one by one.
+        """
         tokens = getattr(self.data, split)
         per_step = self.micro_batch * self.accum * self.world
-        offsets = sample_offsets(len(tokens), self.context, per_step, self.seed, step, split)
+        if split == "train" and self.windows > 1:
+            span = self.windows * self.context  # the longest stretch a stream reads (+1 token for the last target)
+            first = self.stream_start(step)
+            starts = sample_offsets(len(tokens) - span + self.context, self.context, per_step, self.seed, first,
+                                    split)
+            offsets = starts + (step - first) * self.context
+        else:
+            offsets = sample_offsets(len(tokens), self.context, per_step, self.seed, step, split)
         first = (micro * self.world + self.rank) * self.micro_batch
         rows = np.stack([tokens[o : o + self.context + 1] for o in offsets[first : first + self.micro_batch]])
         top = int(rows.max())

@@ -39,7 +39,8 @@ from .run_log import RunLog, bits_per_byte
 from .tokenizer import Tokenizer
 
 ModelBuilder = Callable[..., nn.Module]  # build_model(variant, size, **overrides)
-RUN_KEYS = ("variant", "size", "model", "data", "tokenizer", "seed", "context", "micro_batch", "batch_tokens")
+RUN_KEYS = ("variant", "size", "model", "data", "tokenizer", "seed", "context", "carry_state", "micro_batch",
+            "batch_tokens")
 
 
 class TrainingError(RuntimeError):
@@ -62,9 +63,10 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
 
 
-def next_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits, _ = model(x)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+def next_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state=None):
+    """Mean next-token cross-entropy of ``x -> y``, and the model's state after ``x`` (read from ``state``)."""
+    logits, state = model(x, state)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten()), state
 
 
 @torch.no_grad()
@@ -80,7 +82,7 @@ def evaluate(model: nn.Module, sampler: BatchSampler, batches: int, rt: Runtime)
         for micro in range(sampler.accum):
             x, y = sampler.batch(i, micro, split="val", device=rt.device)
             with rt.autocast_context():
-                total += next_token_loss(model, x, y)
+                total += next_token_loss(model, x, y)[0]
     model.train()
     return mean_across_processes(total / (batches * sampler.accum), rt).item()
 
@@ -141,7 +143,8 @@ def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
     context = cfg.context or model.config.context
     data.check_fits(context, model.config.vocab_size)
     accum = plan_accumulation(cfg.batch_tokens, cfg.micro_batch, context, rt.world)
-    sampler = BatchSampler(data, context, cfg.micro_batch, accum, rt.rank, rt.world, cfg.seed)
+    sampler = BatchSampler(data, context, cfg.micro_batch, accum, rt.rank, rt.world, cfg.seed, cfg.carry_state,
+                           restart_every=cfg.ckpt_every or cfg.eval_every)
     step_tokens = cfg.micro_batch * context * accum * rt.world
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -185,18 +188,24 @@ def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
     model.train()
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (rt.is_main and cfg.progress), unit="step")
     first_loss = last_loss = val = None
+    states = [None] * accum  # with --carry_state, each micro-batch's state carried into its next window
     start = time.perf_counter()
     while step < cfg.max_steps:
         t0 = time.perf_counter()
         try:
             loss = torch.zeros((), device=rt.device)
+            if sampler.stream_start(step) == step:  # new streams begin: every row starts from the initial state
+                states = [None] * accum
             for micro in range(accum):  # gradient accumulation; DDP syncs gradients on the last micro-batch only
                 x, y = sampler.batch(step, micro, device=rt.device)
                 sync = micro == accum - 1 or not hasattr(model, "no_sync")
                 with rt.autocast_context(), (nullcontext() if sync else model.no_sync()):
-                    micro_loss = next_token_loss(model, x, y) / accum
+                    micro_loss, state = next_token_loss(model, x, y, states[micro])
+                    micro_loss = micro_loss / accum
                 micro_loss.backward()
                 loss += micro_loss.detach()
+                # truncated backprop through time: the next window starts from this state, without its history
+                states[micro] = state.detach() if cfg.carry_state > 1 else None
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             loss = mean_across_processes(loss, rt).item()
             if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
