@@ -1,4 +1,4 @@
-"""Each Titans mixer against a plain re-statement of its equations (SPEC §3), in float64.
+"""Each Titans mixer against a plain re-statement of its equations (Eqs. 21-31), in float64.
 
 The references below share only the learned pieces with the mixers (the projections, the memory's parts, the
 gates). Their attention is a softmax over a key list assembled by Python loops from the rules of Fig. 3, and

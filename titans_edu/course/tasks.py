@@ -1,4 +1,4 @@
-"""Small synthetic tasks and a short training loop for them (SPEC §5; notebooks 07 and 08).
+"""Small synthetic tasks and a short training loop for them (notebooks 07 and 08).
 
     SegmentRecall   key-value recall whose answers lie further back than an attention window (notebook 08)
     SparseCopy      a copy that is needed at rare trigger tokens only (notebook 07: the attention sink)
@@ -8,7 +8,7 @@ Every task has ``vocab_size``, ``sample(batch, generator) -> (tokens, targets)``
 long; ``targets`` is ``IGNORE`` where nothing is scored) and ``answer_mask(tokens, targets)``, the positions
 whose answer is determined by the sequence, where accuracy is measured.
 
-:class:`SegmentRecall` is a small multi-query associative recall (MQAR, SPEC §5) laid out on MAC's segment
+:class:`SegmentRecall` is a small multi-query associative recall (MQAR) laid out on MAC's segment
 grid so that the answer lies further back than any attention window of the models it is meant to compare:
 
     segment 0            k_1 v_1 k_2 v_2 ... k_n v_n  f f f ... f      n key-value pairs, then filler

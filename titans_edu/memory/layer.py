@@ -1,4 +1,4 @@
-"""The neural long-term memory as a layer (paper §3.1 and §4.4; SPEC §1).
+"""The neural long-term memory as a layer (paper §3.1 and §4.4; docs/semantics.md §1-4).
 
     x (batch, seq, dim)
       -> q, k, v = x W_Q, x W_K, x W_V            Eqs. 11 and 15, one projection per head
@@ -8,7 +8,7 @@
       -> y_t = M_t(q_t) after writing (k_t, v_t)   Eqs. 12-15, chunked (Eqs. 16-18), kept bounded (below)
       -> RMSNorm(y) * sigmoid(x W_G), then W_O     §4.4: normalisation and a linear gate before the output
 
-Gates (SPEC CHOICE): ``theta_t = max_lr * sigmoid(x_t w_theta + b_theta)``, ``eta_t = sigmoid(x_t w_eta +
+Gates (CHOICE): ``theta_t = max_lr * sigmoid(x_t w_theta + b_theta)``, ``eta_t = sigmoid(x_t w_eta +
 b_eta)``, ``alpha_t = sigmoid(x_t w_alpha + b_alpha)``. ``momentum=False`` fixes ``eta = 0`` and
 ``forgetting=False`` fixes ``alpha = 0``; with both off the rule is plain online gradient descent (Eq. 8).
 

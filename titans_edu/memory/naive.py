@@ -1,7 +1,7 @@
 """The naive reference: the update rule as a per-token loop, written as plainly as the equations.
 
 This is the ground truth that every fast path in titans_edu is tested against (notebooks 03-06).
-For token ``t`` in a chunk that started at ``t'`` (SPEC §2; with ``chunk_size=1`` it is Eqs. 13-15 exactly):
+For token ``t`` in a chunk that started at ``t'`` (with ``chunk_size=1`` it is Eqs. 13-15 exactly):
 
     u_t = grad l(M_{t'}; k_t, v_t)                 Eq. 12, gradient at the chunk-start weights
     S_t = eta_t * S_{t-1} - theta_t * u_t          Eq. 14, surprise with momentum

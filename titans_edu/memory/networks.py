@@ -80,7 +80,7 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 class MLPMemory(nn.Module):
-    """An MLP memory ``M`` with ``depth`` layers, one independent copy per head (SPEC §1).
+    """An MLP memory ``M`` with ``depth`` layers, one independent copy per head.
 
     ``depth=1`` is the linear memory of notebook 01: one matrix ``(d_k, d_v)`` and no activation. With
     ``depth >= 2`` the hidden width is ``expansion * d_k`` and ``activation`` sits between layers.
@@ -180,7 +180,7 @@ class MLPMemory(nn.Module):
 
 
 class ModuleMemory(nn.Module):
-    """Any user ``nn.Module`` as the memory, through ``torch.func`` (SPEC §1, "any user nn.Module").
+    """Any user ``nn.Module`` as the memory, through ``torch.func``.
 
     ``module`` maps ``(n, d_k) -> (n, d_v)``. Its parameters become ``M_0``, copied once per head (each head
     starts from the same values but they are separate learned parameters). The state is a tuple of tensors

@@ -1,4 +1,4 @@
-"""The memory state carried between calls (SPEC §2, "State across calls").
+"""The memory state carried between calls (docs/semantics.md §3).
 
 Glossary:
 

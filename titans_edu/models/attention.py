@@ -1,4 +1,4 @@
-"""Attention, the short-term memory of Titans (paper §4, Fig. 3; SPEC §3; notebook 07).
+"""Attention, the short-term memory of Titans (paper §4, Fig. 3; notebook 07).
 
 Glossary (paper symbol -> code name):
 

@@ -1,4 +1,4 @@
-"""The block that every model shares: a pre-norm residual mixer, then a gated MLP (SPEC §3, "Blocks").
+"""The block that every model shares: a pre-norm residual mixer, then a gated MLP (docs/semantics.md §5).
 
     x = x + mixer(RMSNorm(x), state)      the sequence mixer: attention, the memory, or a Titans combination
     x = x + SwiGLU(RMSNorm(x))            the channel mixer (Transformer++ style)
@@ -10,7 +10,7 @@ Glossary:
 
     ⊗ (Eqs. 25, 28)   :class:`MemoryGate`: ``o = RMSNorm_a(y) * sigmoid(RMSNorm_b(m))``. The paper normalises
                       both branches "with learnable vector-valued weights" and then applies a non-linearity;
-                      CHOICE (SPEC §3): RMSNorm for the normalisation and a sigmoid on the memory branch.
+                      CHOICE: RMSNorm for the normalisation and a sigmoid on the memory branch.
 """
 
 from __future__ import annotations

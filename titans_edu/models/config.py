@@ -1,4 +1,4 @@
-"""The configuration of a whole model, and the paper's sizes as presets (paper §5.1; SPEC §3-4).
+"""The configuration of a whole model, and the paper's sizes as presets (paper §5.1; docs/semantics.md §5).
 
 Glossary (paper symbol -> field):
 
@@ -13,7 +13,7 @@ Presets (``ModelConfig.preset(variant, size)``): ``tiny`` runs on a laptop CPU; 
 ``760m`` are the paper's sizes (§5.1) at its vocabulary (32K, the Llama-2 tokenizer) and context (4K). The
 paper gives totals, not shapes; CHOICE: the shapes below, with the number of blocks set per variant so that
 each model lands within 10% of its nominal size. Parameter counts include the token embedding once (the
-output head shares its weights). CHOICE (SPEC §3): C = W = 512 at the paper's scale.
+output head shares its weights). CHOICE: C = W = 512 at the paper's scale.
 
 CHOICE: the largest memory step ``max_lr`` (theta_t <= max_lr) defaults to the memory's own default,
 ``min(0.1, 0.5 / chunk_size)`` (see :mod:`titans_edu.memory.layer`): a chunk sums gradients taken at the same

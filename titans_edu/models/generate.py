@@ -1,4 +1,4 @@
-"""Streaming generation with a carried state (SPEC §3; notebooks 07-10).
+"""Streaming generation with a carried state (notebooks 07-10).
 
 The prompt goes through the model in one call; then each new token is sampled, fed back alone, and the state
 carries everything the model keeps about the past. What it keeps, and so the cost of one step:

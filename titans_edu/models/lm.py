@@ -1,4 +1,4 @@
-"""Language models: one shared block structure, six sequence mixers (paper §4-5; SPEC §3; notebooks 07-10).
+"""Language models: one shared block structure, six sequence mixers (paper §4-5; notebooks 07-10).
 
     tokens (batch, seq)
       -> embedding                                   (batch, seq, dim)

@@ -1,4 +1,4 @@
-"""MAC, memory as a context (paper §4.1, Eqs. 21-25, Fig. 2 and 3a; SPEC §3; notebook 08).
+"""MAC, memory as a context (paper §4.1, Eqs. 21-25, Fig. 2 and 3a; notebook 08).
 
 The stream is cut into segments of ``C`` tokens, counted from its start. For segment ``S^(t)``:
 
@@ -16,10 +16,10 @@ Glossary (paper symbol -> code name):
     p                   ``persistent``: keys and values in every window, always visible, with no position
     y_t                 ``y``: the attention output at the segment positions
     M_t, M*_t(y_t)      ``self.memory(y, state.memory)``: writes (k, v) projected from y and reads with the
-                        memory updated *through each token* (position i reads M after token i; SPEC §3 step 5)
+                        memory updated *through each token* (position i reads M after token i)
     ⊗                   :class:`~titans_edu.models.blocks.MemoryGate`
 
-CHOICEs (SPEC §3):
+CHOICEs (docs/semantics.md §5):
 
 - Memory token ``h_j`` is read with ``q_j``, computed from segment token ``j``; segment token ``i`` sees ``h_j``
   only for ``j <= i`` (:func:`~titans_edu.models.attention.segment_mask`), otherwise position ``i`` would see token

@@ -1,4 +1,4 @@
-"""MAG, memory as a gate (paper §4.2, Eqs. 26-28, Fig. 3b and 4; SPEC §3; notebook 09).
+"""MAG, memory as a gate (paper §4.2, Eqs. 26-28, Fig. 3b and 4; notebook 09).
 
 Two branches read the same input side by side, with no segmentation:
 
@@ -11,10 +11,10 @@ Glossary (paper symbol -> code name):
     W            ``window``
     p            ``persistent``: in the attention, keys and values with no position (always visible); in the
                  memory, the first tokens of its stream
-    M(x~)        ``self.memory(x, state.memory)``: position t reads M_t, the memory including token t (SPEC §1)
+    M(x~)        ``self.memory(x, state.memory)``: position t reads M_t, the memory including token t
     ⊗            :class:`~titans_edu.models.blocks.MemoryGate`: ``RMSNorm_a(y) * sigmoid(RMSNorm_b(M(x~)))``
 
-Outputs are kept at the positions of ``x`` only. CHOICE (SPEC §3): the memory reads the persistent tokens once,
+Outputs are kept at the positions of ``x`` only. CHOICE: the memory reads the persistent tokens once,
 at the start of the stream, when the state is created; a stream split into calls gives what one call gives.
 
 Streaming: the state is the memory (fixed size) and the last ``W - 1`` keys of the attention, so the cost per

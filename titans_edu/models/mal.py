@@ -1,4 +1,4 @@
-"""MAL, memory as a layer (paper §4.3, Eqs. 29-31, Fig. 5; SPEC §3; notebook 10).
+"""MAL, memory as a layer (paper §4.3, Eqs. 29-31, Fig. 5; notebook 10).
 
 The memory and the attention are stacked, as in H3-style hybrids:
 
@@ -9,11 +9,11 @@ The memory and the attention are stacked, as in H3-style hybrids:
 Glossary (paper symbol -> code name):
 
     W         ``window``
-    M(x~)     ``self.memory(x, state.memory)``: position t reads M_t, the memory including token t (SPEC §1)
+    M(x~)     ``self.memory(x, state.memory)``: position t reads M_t, the memory including token t
     SW-Attn   ``self.attention(..., window=W)``: plain SW-Attn, not SW-Attn* (Eq. 31)
     RMSNorm   ``self.norm_y``: the attention's input norm (the CHOICE below)
 
-CHOICE (SPEC §3): the stream of this layer is literally ``[p || x]``. The memory reads the persistent tokens
+CHOICE: the stream of this layer is literally ``[p || x]``. The memory reads the persistent tokens
 once, at the start of the stream, when the state is created; the attention receives ``M(p)`` as the first
 ``N_p`` tokens of its stream (positions 0 .. N_p-1) and, being plain SW-Attn, sees them only while they are
 inside its window. Outputs are kept at the positions of ``x`` only.

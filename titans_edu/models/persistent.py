@@ -13,7 +13,7 @@ They store knowledge about the task rather than about the input. Where they ente
     MAL   the memory reads ``[p || x]`` (Eq. 29); the attention sees ``M(p)`` at the start of its stream
     LMM   the memory reads ``[p || x]``
 
-CHOICE (SPEC §3): when a stream is processed in several calls, the memory reads the persistent tokens once,
+CHOICE: when a stream is processed in several calls, the memory reads the persistent tokens once,
 at the very start of the stream: :func:`memory_reads_persistent` builds that initial state, and every later
 call continues from it. One call on ``[p || x]`` and any split of ``x`` into calls give the same result.
 

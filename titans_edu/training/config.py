@@ -1,6 +1,6 @@
 """Training configuration: the paper's recipe as defaults, overridden from a config file or the command line.
 
-The recipe of the paper (§5; SPEC §4) is AdamW with lr 4e-4, weight decay 0.1, cosine decay and batches of
+The recipe of the paper (§5) is AdamW with lr 4e-4, weight decay 0.1, cosine decay and batches of
 0.5M tokens at context 4K. The full-size presets use exactly that. Where the paper is silent, the values
 below are our choices (CHOICE) and are options:
 

@@ -1,4 +1,4 @@
-"""Sizes, FLOPs and memory of the presets, counted from the code itself (notebook 11; paper §5, SPEC §4).
+"""Sizes, FLOPs and memory of the presets, counted from the code itself (notebook 11; paper §5).
 
 Nothing here is a formula to trust on faith. Each number comes from running the real model on PyTorch's
 ``meta`` device, where tensors have shapes and dtypes but no data, so a 760M model at 4K context "runs" on a

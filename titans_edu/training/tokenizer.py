@@ -3,7 +3,7 @@
     bytes          ``ByteTokenizer``: one token per UTF-8 byte, vocabulary 256. Needs nothing, so the CPU demo
                    and the tests use it. Bits per byte is then simply the loss in bits.
     tokenizer.json ``HFTokenizer``: any tokenizer saved by the ``tokenizers`` library, for instance a 32K
-                   Llama-2 style vocabulary as in the paper (§5; SPEC §4). Needs ``pip install tokenizers``.
+                   Llama-2 style vocabulary as in the paper (§5). Needs ``pip install tokenizers``.
 
 Both expose ``name``, ``vocab_size``, ``encode(text) -> list[int]`` and ``decode(ids) -> str``.
 """

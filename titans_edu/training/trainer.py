@@ -1,4 +1,4 @@
-"""Train any Titans variant or baseline, at any size, on one CPU, one GPU or many (paper §5; SPEC §4).
+"""Train any Titans variant or baseline, at any size, on one CPU, one GPU or many (paper §5).
 
     python -m titans_edu.train                                   # tiny MAC, embedded corpus, CPU or GPU
     python -m titans_edu.train --variant=mag --max_steps=1000 --model.dim=128

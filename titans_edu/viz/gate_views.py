@@ -8,7 +8,7 @@ Glossary (paper symbol -> code name):
     x~ = [p] || x        Eq. 26; ``p`` is ``mixer.persistent.tokens`` (N_p, dim)
     y = SW-Attn*(x~)     Eq. 27; ``GateTrace.y``: the attention branch, before the gate
     M(x~)                Eq. 28; ``GateTrace.m``: the memory branch, before the gate
-    ⊗                    Eq. 28 with the SPEC CHOICE ``RMSNorm_a(y) * sigmoid(RMSNorm_b(m))``;
+    ⊗                    Eq. 28 with the package's CHOICE ``RMSNorm_a(y) * sigmoid(RMSNorm_b(m))``;
                          ``GateTrace.gate`` is ``sigmoid(RMSNorm_b(m))``, a number in (0, 1) per channel
     W, N_p               ``window``, ``n_persistent``
 
