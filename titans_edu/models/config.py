@@ -24,8 +24,10 @@ forgetting pull a deep memory to all-zero weights, where its gradient vanishes.
 from __future__ import annotations
 
 import math
+import numbers
+import types
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from .attention import Backend, check_backend
 from ..memory.layer import MemoryConfig, default_max_lr
@@ -69,6 +71,7 @@ class ModelConfig:
     size: str = field(default="custom", compare=False)  # the preset it came from, for the record
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
         for name in ("vocab_size", "dim", "depth", "heads", "context", "memory_depth", "chunk_size"):
@@ -140,6 +143,64 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return replace(self, **changes)
+
+
+# --- the declared type of a config field, and checking a value against it ---
+
+
+def field_kind(hint: Any) -> tuple[type | None, bool]:
+    """``(base type, may be None)`` of a field's type hint: ``int -> (int, False)``, ``float | None -> (float,
+    True)``, ``Literal["a", "b"] -> (str, False)`` (the field checks its choices itself). Types other than
+    ``int``, ``float``, ``bool`` and ``str`` (a ``dict``, say) give ``None``: they are not checked here."""
+    optional = False
+    if get_origin(hint) in (Union, types.UnionType):
+        args = get_args(hint)
+        optional = type(None) in args
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            return None, optional
+        hint = rest[0]
+    if get_origin(hint) is Literal:
+        return str, optional
+    return (hint if hint in (int, float, bool, str) else None), optional
+
+
+def describe_kind(kind: type, optional: bool = False) -> str:
+    """How an error message names a type: ``int -> "an integer"``, ``float | None -> "a finite number or none"``."""
+    names = {int: "an integer", float: "a finite number", bool: "a bool (true or false)", str: "a string"}
+    return names[kind] + (" or none" if optional else "")
+
+
+def type_problem(value: Any, kind: type | None, optional: bool) -> str | None:
+    """Why ``value`` is not a value of ``kind`` (``None`` when it is). An int stands for a float; a bool is
+    never an int or a float; a float must be finite."""
+    if kind is None or (value is None and optional):
+        return None
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, kind)
+    if ok:
+        return None
+    return f"must be {describe_kind(kind, optional)}, got {value!r} ({type(value).__name__})"
+
+
+def check_types(config: Any) -> None:
+    """A ``ValueError`` naming the first field of the dataclass ``config`` whose value is not of its declared
+    type (e.g. ``heads=2.0``, ``norm_eps=nan``, ``momentum="abc"``)."""
+    hints = get_type_hints(type(config))
+    for f in fields(config):
+        kind, optional = field_kind(hints[f.name])
+        value = getattr(config, f.name)
+        problem = type_problem(value, kind, optional)
+        if problem:
+            whole = kind is int and isinstance(value, float) and value.is_integer()
+            hint = f"; write {f.name}={int(value)}" if whole else ""
+            raise ValueError(f"{type(config).__name__}: {f.name} {problem}{hint}")
 
 
 def _family(variant: str) -> str:

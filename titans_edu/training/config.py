@@ -26,20 +26,24 @@ with other programs, threads that wait on each other can make a step many times 
 
 Any field is set on the command line as ``--field=value``; model options as ``--model.key=value`` (passed
 to ``build_model``); a JSON or TOML file with ``--config=path`` gives the same keys (``model`` as a table).
+Every value is read as the type its field declares (an integer, a finite number, a bool written true/false,
+1/0 or yes/no, or ``none`` where the field may be None), and an option must be written in full: a value or a
+name that does not fit raises a ``ValueError`` that names the option, the value and what was expected.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import difflib
 import json
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
-from ..models.config import SIZES, VARIANTS
+from ..models.config import SIZES, VARIANTS, ModelConfig, check_types, describe_kind, field_kind
 PAPER_BATCH_TOKENS = 2**19  # "0.5M tokens" (§5)
 
 # Defaults that depend on the size: everything the recipe leaves as None is filled from here.
@@ -96,6 +100,7 @@ class TrainConfig:
     resume: str = ""  # "latest" (the newest checkpoint in out_dir) or a checkpoint file; "" starts fresh
     keep_last: int = 3
     ckpt_every: int | None = None  # None: at every eval
+    max_param_norm: float | None = None  # stop, without saving, when the weights' global L2 norm exceeds this
     eval_every: int | None = None
     eval_batches: int | None = None
     log_every: int = 10
@@ -108,6 +113,7 @@ class TrainConfig:
     plot: bool = True  # write loss.png at each eval and at the end
 
     def __post_init__(self) -> None:
+        check_types(self)
         _choose("variant", self.variant, VARIANTS)
         _choose("size", self.size, SIZES)
         _choose("dtype", self.dtype, ("auto", "float32", "bfloat16"))
@@ -115,8 +121,14 @@ class TrainConfig:
         _choose("metrics", self.metrics, ("jsonl", "csv"))
         if not isinstance(self.model, dict):
             raise ValueError(f"model must be a dict of build_model overrides, got {type(self.model).__name__}")
+        if not DEVICE.fullmatch(self.device):
+            raise ValueError(f"unknown device {self.device!r}: expected auto, cpu, cuda, cuda:N (the GPU with index "
+                             f"N) or mps")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63) (NumPy's generators take no negative seeds), "
+                             f"got {self.seed}; e.g. --seed=1")
         for name in ("lr", "max_steps", "context", "carry_state", "micro_batch", "batch_tokens", "keep_last",
-                     "ckpt_every", "eval_every", "eval_batches", "log_every", "threads"):
+                     "ckpt_every", "eval_every", "eval_batches", "log_every", "threads", "max_param_norm"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -139,6 +151,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # the values of --device
 
 
 def _choose(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -168,53 +183,117 @@ def plan_accumulation(batch_tokens: int | None, micro_batch: int, context: int, 
 # --- reading a config from a file and the command line ---
 
 
-def _parse_value(text: str) -> Any:
-    """``"64" -> 64``, ``"1e-3" -> 0.001``, ``"true" -> True``, ``"none" -> None``; anything else stays a string."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The keys of a ``.json`` or ``.toml`` config file (a ``ValueError`` names the file if it cannot be read)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} does not exist")
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    if path.suffix == ".toml":
-        import tomllib  # Python 3.11+
+    if path.suffix not in (".json", ".toml"):
+        raise ValueError(f"config file {str(path)!r} must end in .json or .toml")
+    try:
+        if path.suffix == ".json":
+            values = json.loads(path.read_text())
+        else:
+            import tomllib  # Python 3.11+
 
-        return tomllib.loads(path.read_text())
-    raise ValueError(f"config file {str(path)!r} must end in .json or .toml")
+            values = tomllib.loads(path.read_text())
+    except ValueError as err:  # the JSON and TOML decode errors, and text that is not UTF-8, are ValueErrors
+        raise ValueError(f"config file {str(path)!r} is not valid {path.suffix[1:].upper()}: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a table of keys, got a {type(values).__name__}")
+    return values
 
 
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")  # how a bool is written on the command line
 
 
 def _field_type(name: str) -> tuple[type, bool]:
-    """``(type, may be None)`` of a field, read from its annotation, e.g. ``"int | None" -> (int, True)``."""
-    annotation = {f.name: f.type for f in fields(TrainConfig)}[name]
-    return _TYPES[annotation.split("|")[0].strip()], "None" in annotation
+    """``(type, may be None)`` of a :class:`TrainConfig` field, e.g. ``max_steps -> (int, True)``."""
+    return field_kind(get_type_hints(TrainConfig)[name])
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Check a value from a file or the command line against the field's type (an int may stand for a float)."""
-    kind, optional = _field_type(name)
+def coerce_option(option: str, value: Any, kind: type | None, optional: bool = False, example: Any = None) -> Any:
+    """``value`` (text from the command line, or a value from a config file) as a value of ``kind``.
+
+    Text is read as the type asks: an integer (``"5e5"`` too, as it is whole), a finite number, a bool written
+    true/false, 1/0 or yes/no, or ``none`` where the field may be None. An int stands for a float, a whole float
+    for an int. Anything else raises a ``ValueError`` that names ``option``, the value and the type expected.
+    """
+    if kind is None:
+        return value
+    given = value
+    if isinstance(value, str) and kind is not str:
+        value = _read_text_as(value, kind, optional)
     if value is None and optional:
         return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, float) and value.is_integer():  # --batch_tokens=5e5
-        return int(value)
-    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        value = float(value)
+    elif kind is int and isinstance(value, float) and value.is_integer():  # --batch_tokens=5e5
+        value = int(value)
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if ok and (kind is not float or math.isfinite(value)):
         return value
-    raise ValueError(f"{name} must be {kind.__name__}{' or none' if optional else ''}, got {value!r}")
+    if kind is bool:
+        expected, fix = "true or false (also 1/0, yes/no)", f"{option}=true or {option}=false"
+    else:
+        expected, fix = describe_kind(kind, optional), None if example is None else f"{option}={example}"
+    raise ValueError(f"{option}: expected {expected}, got {_shown(given)}" + (f"; e.g. {fix}" if fix else ""))
+
+
+def _read_text_as(text: str, kind: type, optional: bool) -> Any:
+    """Text as ``kind`` if it reads as one; otherwise the text itself (the caller then says what was expected)."""
+    lowered = text.strip().lower()
+    if optional and lowered in ("none", "null"):
+        return None
+    if kind is bool:
+        return True if lowered in TRUE else False if lowered in FALSE else text
+    try:
+        number = float(lowered.replace("_", ""))
+    except ValueError:
+        return text
+    if kind is int:
+        try:
+            return int(lowered.replace("_", ""))  # exact for any size, where a float would round
+        except ValueError:
+            return int(number) if number.is_integer() else number
+    return number
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message shows it: text in quotes, other types with their type's name."""
+    return repr(value) if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+
+
+def _coerce(name: str, value: Any, where: str = "") -> Any:
+    """A :class:`TrainConfig` field's value, from the command line (``where=""``) or a config file."""
+    kind, optional = _field_type(name)
+    option = f"--{name}" if not where else f"{name!r} in {where}"
+    return coerce_option(option, value, kind, optional, _example(name))
+
+
+def _example(name: str) -> Any:
+    """A valid value of a field, for error messages: its default, else the tiny preset's."""
+    value = getattr(TrainConfig(), name)
+    return RECIPES["tiny"].get(name) if value is None else value
+
+
+def model_overrides(values: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``--model.KEY=VALUE`` overrides (or a config file's ``model`` table), each coerced to the type of its
+    :class:`~titans_edu.models.config.ModelConfig` field; an unknown key raises a ``ValueError``."""
+    hints = get_type_hints(ModelConfig)
+    valid = sorted(f.name for f in fields(ModelConfig) if f.name not in ("variant", "size"))
+    defaults = ModelConfig()
+    coerced = {}
+    for key, value in values.items():
+        option = f"--model.{key}" if not where else f"model.{key} in {where}"
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean --model.{near[0]}?" if near else ""
+            extra = f" ({key} is its own option: --{key})" if key in ("variant", "size") else ""
+            raise ValueError(f"unknown config field {key!r} in {option}{extra}; valid fields are {valid}.{hint}")
+        kind, optional = field_kind(hints[key])
+        coerced[key] = coerce_option(option, value, kind, optional, getattr(defaults, key))
+    return coerced
 
 
 def config_from_args(argv: list[str] | None = None) -> TrainConfig:
@@ -226,6 +305,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
         prog="python -m titans_edu.train",
+        allow_abbrev=False,  # --max_step=3 is an unknown option, not --max_steps
         description="Train a Titans variant (or a baseline). With no arguments: the tiny MAC on the embedded "
         "corpus, on the GPU if there is one.",
         epilog="Model options: --model.KEY=VALUE is passed to build_model (e.g. --model.dim=64).",
@@ -257,16 +337,22 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
         bad = [k for k in values if k not in known]
         if bad:
             raise ValueError(f"unknown keys {bad} in {args.config}; the keys are the options of --help")
+    where = repr(str(args.config)) if args.config else ""
+    model = values.pop("model", {})
+    if not isinstance(model, dict):
+        raise ValueError(f"'model' in {where} must be a table of ModelConfig fields, got {model!r}")
+    model = model_overrides(model, where)
+    values = {name: _coerce(name, value, where) for name, value in values.items()}
     for name in known:
         text = getattr(args, name, None)
-        if text is not None:  # text fields keep the text as given; the others are parsed as Python literals
-            values[name] = text if _field_type(name)[0] is str else _parse_value(text)
-    model = dict(values.pop("model", {}))
+        if text is not None:  # the command line wins over the file
+            values[name] = _coerce(name, text)
+    flags = {}
     for arg in model_args:
         key, eq, text = arg[len("--model."):].partition("=")
         if not eq or not key:
             raise ValueError(f"model options are written --model.KEY=VALUE, got {arg!r}")
-        model[key] = _parse_value(text)
-    values = {name: _coerce(name, value) for name, value in values.items()}
+        flags[key] = text
+    model.update(model_overrides(flags))
     return TrainConfig(model=model, **values)
 

@@ -66,7 +66,13 @@ def init_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
             raise ValueError(f"device={device!r} but PyTorch sees no CUDA GPU; use --device=cpu (or auto)")
         if world > 1 or dev.index is None:
             dev = torch.device("cuda", local_rank if world > 1 else 0)
+        count = torch.cuda.device_count()
+        if dev.index >= count:
+            raise ValueError(f"device={str(dev)!r}, but PyTorch sees {count} CUDA GPU(s), with indices 0 to "
+                             f"{count - 1}; pass --device=cuda (the first) or an index below {count}")
         torch.cuda.set_device(dev)
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device='mps' but PyTorch sees no Apple GPU (MPS); use --device=cpu (or auto)")
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             dist.init_process_group(backend="nccl", device_id=dev)
