@@ -39,6 +39,8 @@ grow either, and the gradients of Eq. 12 stay of the size the bound above expect
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -109,6 +111,11 @@ class MemoryConfig:
     normalize_values: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("dim", "heads", "head_dim", "depth", "chunk_size", "conv_kernel"):
+            value = getattr(self, name)
+            if (value is not None or name != "head_dim") and (
+                    isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise ValueError(f"MemoryConfig: {name} must be an integer, got {value!r} ({type(value).__name__})")
         if self.dim < 1 or self.heads < 1:
             raise ValueError(f"dim and heads must be >= 1, got dim={self.dim}, heads={self.heads}")
         if self.head_dim is None:
@@ -130,8 +137,9 @@ class MemoryConfig:
             raise ValueError(f"chunk_size must be >= 1 (1 means fully online), got {self.chunk_size}")
         if self.max_lr is None:
             self.max_lr = default_max_lr(self.chunk_size)
-        if not self.max_lr > 0:
-            raise ValueError(f"max_lr must be > 0 (theta_t = max_lr * sigmoid(...)), got {self.max_lr}")
+        lr = self.max_lr
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"max_lr must be a finite number > 0 (theta_t = max_lr * sigmoid(...)), got {lr!r}")
         if self.conv_kernel < 0:
             raise ValueError(f"conv_kernel must be >= 0 (0 turns the convolutions off), got {self.conv_kernel}")
         if self.impl not in ("chunked", "naive"):
@@ -245,6 +253,12 @@ class NeuralMemory(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor of features, got dtype {x.dtype}")
+        dtype = self.to_qkv.weight.dtype  # under autocast, mixed dtypes are expected: autocast picks each op's
+        if x.dtype != dtype and not (x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)):
+            raise ValueError(
+                f"NeuralMemory: x has dtype {x.dtype}, but the layer's parameters are {dtype}. Pass x.to({dtype}), "
+                f"convert the layer with .to({x.dtype}), or run it under torch.autocast."
+            )
         if state is None:
             state = self.initial_state(x.shape[0])
         else:

@@ -12,6 +12,8 @@ carries everything the model keeps about the past. What it keeps, and so the cos
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,10 +26,7 @@ if TYPE_CHECKING:  # for the annotations only: the model module imports this one
 def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
            generator: torch.Generator | None = None) -> Tensor:
     """One token per row from ``logits (batch, vocab)``: ``(batch, 1)``. ``temperature=0`` is greedy."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    check_sampling(temperature, top_k)
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
@@ -35,6 +34,14 @@ def sample(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+def check_sampling(temperature: float, top_k: int | None) -> None:
+    """A ``ValueError`` unless ``temperature`` is a finite number >= 0 and ``top_k`` an integer >= 1 or None."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 or None (keep the k likeliest tokens), got {top_k!r}")
 
 
 @torch.no_grad()
@@ -53,8 +60,12 @@ def generate(
     with the new tokens appended, ``(batch, n + max_new_tokens)``, and the state after all of them, ready to
     continue.
     """
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0 (how many tokens to add), got {max_new_tokens!r}")
+    check_sampling(temperature, top_k)
+    if not isinstance(prompt, Tensor):
+        raise ValueError(f"prompt must be a tensor of token ids (batch, n), got {type(prompt).__name__}; e.g. "
+                         f"torch.tensor([ids])")
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must be (batch, n) token ids with n >= 1, got shape {tuple(prompt.shape)}")
     logits, state = model(prompt, state)

@@ -105,6 +105,7 @@ class TitansLM(nn.Module):
                 f"tokens must be integer ids of shape (batch, seq), got dtype {tokens.dtype} and shape "
                 f"{tuple(tokens.shape)}; add a batch dim with tokens.unsqueeze(0)"
             )
+        check_token_ids(tokens, self.config.vocab_size)
         batch = tokens.shape[0]
         if state is None:  # each block builds its own initial state when it runs (so FSDP has its weights gathered)
             state = ModelState([None] * len(self.blocks), batch)
@@ -126,6 +127,24 @@ class TitansLM(nn.Module):
     def generate(self, prompt: Tensor, max_new_tokens: int, **kwargs) -> tuple[Tensor, ModelState]:
         """See :func:`titans_edu.models.generate.generate`."""
         return generate(self, prompt, max_new_tokens, **kwargs)
+
+
+def check_token_ids(tokens: Tensor, vocab_size: int) -> None:
+    """A ``ValueError`` naming the range and the offending id unless every id is in ``[0, vocab_size)``.
+
+    The embedding would otherwise fail with "index out of range" (on a GPU, a device-side assert that ends the
+    process's CUDA context). Skipped while ``torch.compile`` traces the model: reading the ids is a graph break.
+    """
+    if tokens.numel() == 0 or tokens.device.type == "meta" or torch.compiler.is_compiling():
+        return
+    low, high = (int(v) for v in torch.aminmax(tokens))
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"token id {bad} is out of range: the model's vocabulary has ids 0 to {vocab_size - 1} "
+            f"(vocab_size={vocab_size}). Encode the text with the tokenizer the model was built for, or build the "
+            f"model with a larger vocab_size."
+        )
 
 
 def build_model(variant: str, size: str = "tiny", **overrides) -> TitansLM:
