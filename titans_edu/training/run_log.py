@@ -8,7 +8,9 @@
     <run>/tb/             TensorBoard event files, with ``--tensorboard`` (when it is installed)
 
 A resumed run appends to the same files, so steps between its checkpoint and the interruption appear twice;
-:func:`read_metrics` keeps the last row of each (step, kind), which is the one of the resumed run.
+:func:`read_metrics` keeps the last row of each (step, kind), which is the one of the resumed run. A run killed
+in the middle of writing a row leaves a partial last line; the resumed run cuts it off (with a warning) before
+it appends, so that its own rows start on a line of their own.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
+
+from .checkpoint import RunFolderWarning
 
 COLUMNS = ("step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s", "val_loss", "val_ppl", "val_bpb")
 
@@ -28,6 +33,8 @@ class RunLog:
     def __init__(self, folder: str | Path, fmt: str = "jsonl", tensorboard: bool = False, enabled: bool = True) -> None:
         self.folder, self.fmt, self.enabled = Path(folder), fmt, enabled
         self.path = self.folder / f"metrics.{fmt}"
+        if enabled:
+            drop_partial_last_line(self.path)
         self.tb = None
         if enabled and tensorboard:
             try:
@@ -74,11 +81,52 @@ class RunLog:
             self.tb.close()
 
 
+def drop_partial_last_line(path: Path) -> str:
+    """Cut off a last line that has no newline (a row whose writing was cut short), with a warning.
+
+    Every row is written with its newline, so only an interrupted write leaves such a line; appending after it
+    would glue the next row onto it. Returns the text removed (``""`` when the file ends cleanly or is absent).
+    """
+    if not path.is_file():
+        return ""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return ""
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+    removed = data[keep:].decode("utf-8", errors="replace")
+    shown = removed if len(removed) <= 80 else removed[:77] + "..."
+    warnings.warn(f"{str(path)!r} ended in a partial line (a write cut short), now removed: {shown!r}",
+                  RunFolderWarning, stacklevel=3)
+    return removed
+
+
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a metrics file, in step order, the last row winning for each (step, train or eval)."""
+    """Rows of a metrics file, in step order, the last row winning for each (step, train or eval).
+
+    A partial last line (a run cut short while writing it) is skipped with a warning; any other line that is not
+    a JSON object raises a ``ValueError`` naming the file and the line.
+    """
     path = Path(path)
     if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_text()
+        lines = text.splitlines()
+        rows = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or "step" not in row:
+                    raise ValueError("not a row with a step")
+            except ValueError as err:
+                if number == len(lines) and not text.endswith("\n"):
+                    warnings.warn(f"{str(path)!r}: skipping its partial last line {line[:80]!r}", RunFolderWarning,
+                                  stacklevel=2)
+                    continue
+                raise ValueError(f"{str(path)!r} line {number} is not a metrics row ({err}): {line[:80]!r}") from err
+            rows.append(row)
     else:
         with open(path, newline="") as f:
             rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
