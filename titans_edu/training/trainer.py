@@ -11,18 +11,24 @@ steps evaluate, print a sample and write a checkpoint. The recipe is in ``train_
 ``data``, checkpoints in ``checkpoint``, devices and DDP/FSDP in ``parallel``, logs in ``run_log``.
 
 A loss that is not finite, or running out of memory, stops the run with a message; the last checkpoint,
-written before the problem, stays as it was.
+written before the problem, stays as it was. A checkpoint is written only when its weights are finite, within
+``--max_param_norm`` if one is set, and give a finite loss on the batch the next step trains on; otherwise the
+run stops there, so the newest checkpoint is always one that a resumed run can continue from.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import sys
 import time
+import warnings
 from contextlib import nullcontext
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,20 +105,57 @@ def sample_text(model: nn.Module, tokenizer: Tokenizer, prompt: str, tokens: int
     return prompt + tokenizer.decode(ids[0, prompt_ids.shape[1]:].tolist())
 
 
+RUN_FILES = ("metrics.jsonl", "metrics.csv", "samples.txt")  # what a run writes besides its checkpoints
+
+
 def choose_run_folder(cfg: TrainConfig) -> Path:
-    """``out_dir``, or ``runs/<variant>-<size>`` and, for a fresh run, the first of ``-2``, ``-3``... not in use."""
+    """``out_dir``, or ``runs/<variant>-<size>`` and, for a fresh run, the first of ``-2``, ``-3``... not in use.
+
+    ``--resume`` without ``--out_dir`` continues the run that holds the checkpoint it names (a file in a run's
+    ``ckpt`` folder, or a run folder), or with no name the newest run of this variant and size: the one whose
+    last checkpoint was written last. A file from anywhere else starts the next free run folder.
+    """
     if cfg.out_dir:
         folder = Path(cfg.out_dir)
-        if not cfg.resume and ckpt.list_checkpoints(folder / "ckpt"):
-            raise ValueError(f"{folder} already holds a run's checkpoints. Pass --resume to continue it, or "
-                             f"another --out_dir for a new run (nothing is overwritten).")
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--out_dir={cfg.out_dir} is a file, not a folder. Pass a folder for the run (it is "
+                             f"created if it does not exist).")
+        if (folder / "ckpt").exists() and not (folder / "ckpt").is_dir():
+            raise ValueError(f"{folder / 'ckpt'} is a file, where the run keeps its folder of checkpoints. Move "
+                             f"that file, or pass another --out_dir.")
+        if not cfg.resume:
+            if ckpt.list_checkpoints(folder / "ckpt"):
+                raise ValueError(f"{folder} already holds a run's checkpoints. Pass --resume to continue it, or "
+                                 f"another --out_dir for a new run (nothing is overwritten).")
+            found = [name for name in RUN_FILES if (folder / name).exists()]
+            if found:
+                raise ValueError(f"{folder} already holds a run's {', '.join(found)}, but no checkpoint to resume "
+                                 f"from. Pass another --out_dir for a new run (nothing is overwritten), or delete "
+                                 f"those files if that run is not needed.")
         return folder
     base = Path("runs") / f"{cfg.variant}-{cfg.size}"
+    if cfg.resume == "latest":
+        return newest_run(base) or base
+    if cfg.resume:  # the run that holds the checkpoint named
+        source = Path(cfg.resume)
+        ckpt_folder = source if source.is_dir() else source.parent
+        if ckpt_folder.name == "ckpt":
+            return ckpt_folder.parent
+        if source.is_dir():
+            return source
     folder, n = base, 1
-    while not cfg.resume and folder.exists() and any(folder.iterdir()):
+    while folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         n += 1
         folder = base.with_name(f"{base.name}-{n}")
     return folder
+
+
+def newest_run(base: Path) -> Path | None:
+    """Of ``base`` and ``base-2``, ``base-3``..., the run whose newest checkpoint was written last (None: no
+    checkpoint in any of them)."""
+    runs = [base] + [p for p in base.parent.glob(f"{base.name}-*") if p.name[len(base.name) + 1:].isdigit()]
+    written = [(last.stat().st_mtime, run) for run in runs if (last := ckpt.latest_checkpoint(run / "ckpt"))]
+    return max(written, key=lambda t: t[0])[1] if written else None
 
 
 def train(cfg: TrainConfig, build: ModelBuilder | None = None) -> dict:
@@ -139,6 +182,8 @@ def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
     folder = broadcast_from_main(choose_run_folder(cfg) if rt.is_main else None, rt)
     data, tokenizer = open_source(cfg.data, cfg.tokenizer, cfg.val_fraction)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process
+    random.seed(cfg.seed)  # and the same Python and NumPy random states, which checkpoints record
+    np.random.seed(cfg.seed)
     model = build(cfg.variant, cfg.size, **{"vocab_size": data.vocab_size, **cfg.model})
     context = cfg.context or model.config.context
     data.check_fits(context, model.config.vocab_size)
@@ -153,19 +198,56 @@ def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
     model = wrap_model(model, rt, fsdp, cfg.compile, cfg.activation_checkpointing)
     optimizer = make_optimizer(model, cfg, rt.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(s, cfg) / cfg.lr)
+    say = tqdm.write if rt.is_main else (lambda *_: None)
     step = 0
     if cfg.resume:
-        step = resume(cfg, folder, model, optimizer, scheduler)
-    elif rt.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
+        step = resume(cfg, folder, model, optimizer, scheduler, say)
+    if rt.is_main:  # a resumed run's folder may be new too: a checkpoint file from outside any run folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"cannot create the run folder {str(folder)!r} ({err.strerror or err}). Pass an "
+                             f"--out_dir that can be created and written.") from err
+    start_step = step
     log = RunLog(folder, cfg.metrics, cfg.tensorboard, enabled=rt.is_main)
-    say = tqdm.write if rt.is_main else (lambda *_: None)
     say(f"{cfg.variant} {cfg.size}: {n_params / 1e6:.2f}M parameters on {rt.device} x{rt.world}"
         f"{' (FSDP)' if fsdp else ''}; {step_tokens:,} tokens per step ({accum} micro-batches of "
         f"{cfg.micro_batch} x {context} per process); data {data.source}; run folder {folder}")
+    if step >= cfg.max_steps:
+        say(f"the checkpoint is at step {step} and --max_steps={cfg.max_steps}: nothing is left to train. Raise "
+            f"--max_steps to train further.")
 
-    def save(step: int) -> None:
+    @torch.no_grad()
+    def check_loss(step: int) -> float:
+        """The loss of the current weights on the first micro-batch of the next step (the batch a run resumed
+        from them trains on first), averaged over the processes; model and random states are untouched."""
+        model.eval()
+        x, y = sampler.batch(step, 0, device=rt.device)
+        with rt.autocast_context():
+            loss = next_token_loss(model, x, y)[0]  # a resumed run starts its streams afresh, as here
+        model.train()
+        return mean_across_processes(loss, rt).item()
+
+    def save(step: int, val: float | None) -> None:
+        """Write checkpoint ``step`` if its weights pass the check; otherwise stop without writing anything."""
         model_state, optimizer_state = ckpt.model_and_optimizer_state(model, optimizer)  # every rank (FSDP)
+        problem = None
+        if rt.is_main:
+            found = ckpt.weights_problem(model_state, cfg.max_param_norm)
+            problem = f"are not sound: {found}" if found else None
+        problem = broadcast_from_main(problem, rt)  # every process takes the same branches below
+        if problem is None and val is not None and not math.isfinite(val):
+            problem = f"give a validation loss of {val}"
+        elif problem is None:
+            loss = check_loss(step)
+            if not math.isfinite(loss):
+                problem = f"give a loss of {loss} on the first batch of step {step + 1}"
+        if problem:
+            raise TrainingError(
+                f"the weights after step {step} {problem}. Stopped without saving them: "
+                f"{good_checkpoint(folder / 'ckpt', step + 1)}. Try a lower --lr, more --warmup_steps, or "
+                f"--dtype=float32."
+            )
         if rt.is_main:
             payload = {"model": model_state, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                        "step": step, "rng": ckpt.rng_state(), "config": cfg.to_dict()}
@@ -211,8 +293,8 @@ def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
             if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):
                 raise TrainingError(
                     f"the loss became {loss} (gradient norm {float(grad_norm)}) at step {step + 1}. Stopped without "
-                    f"saving; the last good checkpoint is {ckpt.latest_checkpoint(folder / 'ckpt')}. Try a lower "
-                    f"--lr, more --warmup_steps, or --dtype=float32."
+                    f"saving: {good_checkpoint(folder / 'ckpt', step + 1)}. Try a lower --lr, more --warmup_steps, "
+                    f"or --dtype=float32."
                 )
             optimizer.step()
             scheduler.step()
@@ -235,23 +317,51 @@ def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             val = eval_and_sample(step)
         if step % (cfg.ckpt_every or cfg.eval_every) == 0 or step == cfg.max_steps:
-            save(step)
+            save(step, val if step % cfg.eval_every == 0 or step == cfg.max_steps else None)
     bar.close()
     log.close()
-    trained = f"; train loss {first_loss:.3f} -> {last_loss:.3f}" if first_loss is not None else ""
-    say(f"done: {step} steps in {time.perf_counter() - start:.0f} s{trained}; checkpoints, metrics and loss.png "
-        f"in {folder}")
+    trained = ""
+    if first_loss is not None:
+        trained = f"; train loss {first_loss:.3f} at step {start_step + 1} -> {last_loss:.3f} at step {step}"
+        if start_step:
+            trained += f" (this session only: it resumed from step {start_step})"
+    files = "checkpoints, metrics and loss.png" if cfg.plot else "checkpoints and metrics"
+    say(f"done: {step} steps in {time.perf_counter() - start:.0f} s{trained}; {files} in {folder}")
     return {"folder": folder, "steps": step, "first_loss": first_loss, "last_loss": last_loss, "val_loss": val,
-            "parameters": n_params}
+            "parameters": n_params, "resumed_from": start_step}
 
 
-def resume(cfg: TrainConfig, folder: Path, model: nn.Module, optimizer, scheduler) -> int:
+def good_checkpoint(folder: Path, failed_step: int) -> str:
+    """Which checkpoint a run stopped before ``failed_step`` can continue from, as a clause of a message.
+
+    Every checkpoint passed the check when it was written. The one written just before the failing step holds
+    the weights that step started from, so resuming from it repeats the failure (the data of a step is fixed by
+    the seed); the good one is then the one before it.
+    """
+    found = ckpt.list_checkpoints(folder)
+    if not found:
+        return "no checkpoint has been written yet, so there is nothing to resume from"
+    newest = found[-1]
+    if ckpt.checkpoint_step(newest) != failed_step - 1:
+        return f"the last good checkpoint is {newest}"
+    clause = (f"the newest checkpoint, {newest}, holds the weights step {failed_step} started from, so resuming "
+              f"from it repeats this step")
+    if len(found) == 1:
+        return clause + "; no earlier checkpoint is kept (--keep_last keeps more)"
+    return clause + f"; the last good checkpoint before it is {found[-2]} (continue with --resume={found[-2]})"
+
+
+def resume(cfg: TrainConfig, folder: Path, model: nn.Module, optimizer, scheduler,
+           say: Callable[[str], None] = print) -> int:
     """Load model, optimizer, schedule and random states; return the step to continue from."""
     source = folder / "ckpt" if cfg.resume == "latest" else Path(cfg.resume)
     if cfg.resume == "latest" and not ckpt.list_checkpoints(source):
         raise ckpt.CheckpointError(f"--resume: no checkpoint in {source}, so nothing to resume. Start the run "
                                    f"without --resume, or point --out_dir at the run to continue.")
-    state = ckpt.load_checkpoint(source)
+    if source.is_dir() and not ckpt.list_checkpoints(source) and ckpt.list_checkpoints(source / "ckpt"):
+        source = source / "ckpt"  # --resume=runs/mac-tiny: the run folder rather than its ckpt folder
+    path = ckpt.latest_checkpoint(source) if source.is_dir() else source
+    state = ckpt.load_checkpoint(path or source, require=ckpt.TRAINING_KEYS)
     saved = state["config"]
     changed = [k for k in RUN_KEYS if saved.get(k) != getattr(cfg, k)]
     if changed:
@@ -259,17 +369,41 @@ def resume(cfg: TrainConfig, folder: Path, model: nn.Module, optimizer, schedule
             f"--resume: this run's {', '.join(f'{k}={getattr(cfg, k)!r}' for k in changed)} differ from the "
             f"checkpoint's ({', '.join(f'{k}={saved.get(k)!r}' for k in changed)}). Resume with the same settings."
         )
-    ckpt.load_model_and_optimizer_state(model, optimizer, state["model"], state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    ckpt.set_rng_state(state["rng"])
-    return int(state["step"])
+    found = ckpt.weights_problem(state["model"])
+    if found:
+        older = [str(p) for p in ckpt.list_checkpoints(path.parent) if p != path]
+        hint = f" Resume from an older one: --resume={older[-1]}." if older else ""
+        raise ckpt.CheckpointError(f"checkpoint {str(path)!r} holds weights that are not sound ({found}); a run "
+                                   f"cannot continue from it.{hint}")
+    ckpt.load_model_and_optimizer_state(model, optimizer, state["model"], state["optimizer"], source=path)
+    try:
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        raise ckpt.CheckpointError(f"checkpoint {str(path)!r}: its schedule or random states cannot be restored "
+                                   f"({type(err).__name__}: {err}); it is damaged or from another version.") from err
+    written = datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M:%S")
+    which = (f", the newest run of {cfg.variant}-{cfg.size} (pass --out_dir to continue another)"
+             if cfg.resume == "latest" and not cfg.out_dir else "")
+    say(f"--resume: continuing {folder}{which} from {path} (step {state['step']}, written {written})")
+    return state["step"]
 
 
 def main(argv: list[str] | None = None, build: ModelBuilder | None = None) -> int:
     """Command-line entry point: ``python -m titans_edu.train [--field=value ...]``. Returns the exit code."""
-    try:
-        summary = train(config_from_args(argv), build)
-    except (ValueError, TrainingError, ckpt.CheckpointError) as err:  # DataError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    with warnings.catch_warnings():  # our warnings as one line "warning: ...", as the errors are printed
+        show = warnings.showwarning
+
+        def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+            if issubclass(category, ckpt.RunFolderWarning):
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show_warning
+        try:
+            summary = train(config_from_args(argv), build)
+        except (ValueError, TrainingError, ckpt.CheckpointError) as err:  # DataError is a ValueError
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     return 0 if summary else 1
