@@ -123,8 +123,14 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
 
 
 def wrap_model(model: nn.Module, runtime: Runtime, fsdp: bool = False, compile: bool = False,
-               activation_checkpointing: bool = False) -> nn.Module:
-    """Apply the options above to ``model`` (already on ``runtime.device``) and return what to train."""
+               activation_checkpointing: bool = False, carried_state: bool = False) -> nn.Module:
+    """Apply the options above to ``model`` (already on ``runtime.device``) and return what to train.
+
+    ``carried_state``: the training calls carry a state from one window to the next. Such a call does not use
+    the parameters that only build a fresh state (``M_0``, and the persistent tokens the memory reads at the
+    stream start), so DDP must look for unused parameters, or it would leave their gradient buckets, and every
+    other gradient in them, unaveraged.
+    """
     if activation_checkpointing:
         enable_activation_checkpointing(model)
     if fsdp:
@@ -140,7 +146,7 @@ def wrap_model(model: nn.Module, runtime: Runtime, fsdp: bool = False, compile: 
         fully_shard(model)
     elif runtime.distributed:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=ids)
+        model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=carried_state)
     if compile:
         model = torch.compile(model)
     return model

@@ -195,7 +195,7 @@ def _train(cfg: TrainConfig, build: ModelBuilder, rt: Runtime) -> dict:
 
     model.to(rt.device)
     fsdp = cfg.fsdp == "on" or (cfg.fsdp == "auto" and rt.distributed and cfg.size in FSDP_SIZES)
-    model = wrap_model(model, rt, fsdp, cfg.compile, cfg.activation_checkpointing)
+    model = wrap_model(model, rt, fsdp, cfg.compile, cfg.activation_checkpointing, cfg.carry_state > 1)
     optimizer = make_optimizer(model, cfg, rt.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(s, cfg) / cfg.lr)
     say = tqdm.write if rt.is_main else (lambda *_: None)
