@@ -11,7 +11,8 @@ they cannot: that the widget renders in JupyterLab and that a slider moved with 
 3. Check the readout and the plot, press ArrowRight on the theta slider, and check that both change.
 4. Save a screenshot to ``tests/artifacts/browser_widget.png``.
 
-Skipped, with the reason, only when ``/usr/bin/chromium`` is absent or playwright is not importable.
+Skipped, with the reason, only when ``/usr/bin/chromium`` is absent or playwright is not importable
+(``browser.py``, shared with the website's test).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser import chromium, free_port, require_browser
 
 pytestmark = pytest.mark.browser
 
@@ -34,18 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 NOTEBOOK = "01_linear_memory.ipynb"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 SERVER_START_S = 45  # JupyterLab start on a busy 2-core machine
 KERNEL_RUN_MS = 60_000  # the two cells, kernel start included
 UI_MS = 30_000  # page load and redraws
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _cell_index(cells: list[dict], needle: str) -> int:
@@ -84,7 +76,7 @@ def _stop(process: subprocess.Popen) -> None:
 @pytest.fixture
 def jupyter_lab(tmp_path):
     """A JupyterLab serving ``notebooks/``: yields ``(base_url, token)``; always stopped afterwards."""
-    port, token = _free_port(), "titans-edu-browser-test"
+    port, token = free_port(), "titans-edu-browser-test"
     overrides = {  # user settings of JupyterLab, in a temporary folder: no autosave, no news pop-up
         "docmanager-extension/plugin": {"autosave": False},
         "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
@@ -129,12 +121,7 @@ async (indices) => {
 
 
 def test_linear_memory_explorer_redraws_when_a_slider_moves(jupyter_lab):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is absent; install it with: apt-get install -y chromium")
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not importable; install it with: pip install playwright")
+    _, expect = require_browser()
 
     base, token = jupyter_lab
     path = NOTEBOOKS / NOTEBOOK
@@ -145,35 +132,31 @@ def test_linear_memory_explorer_redraws_when_a_slider_moves(jupyter_lab):
     ARTIFACTS.mkdir(exist_ok=True)
 
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.set_default_timeout(UI_MS)
-                page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
-                page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                                       " && window.jupyterapp.shell.currentWidget.content", timeout=UI_MS)
-                page.evaluate(RUN_CELLS, indices)
+        with chromium() as browser:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(UI_MS)
+            page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
+            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                                   " && window.jupyterapp.shell.currentWidget.content", timeout=UI_MS)
+            page.evaluate(RUN_CELLS, indices)
 
-                readout = page.locator(".titans-readout").first
-                expect(readout).to_contain_text("theta = 0.50", timeout=KERNEL_RUN_MS)
-                expect(readout).to_contain_text("mean recall error")
-                explorer = readout.locator("xpath=..")  # the explorer's VBox
-                image = explorer.locator(".widget-output img").first
-                expect(image).to_be_visible()
-                before_text, before_image = readout.inner_text(), image.get_attribute("src")
+            readout = page.locator(".titans-readout").first
+            expect(readout).to_contain_text("theta = 0.50", timeout=KERNEL_RUN_MS)
+            expect(readout).to_contain_text("mean recall error")
+            explorer = readout.locator("xpath=..")  # the explorer's VBox
+            image = explorer.locator(".widget-output img").first
+            expect(image).to_be_visible()
+            before_text, before_image = readout.inner_text(), image.get_attribute("src")
 
-                handle = explorer.locator(".noUi-handle").first  # the theta slider: ipywidgets 8 uses noUiSlider
-                handle.focus()
-                page.keyboard.press("ArrowRight")  # one step: theta 0.50 -> 0.55
-                expect(readout).to_contain_text("theta = 0.55")
-                expect(explorer.locator(".widget-output img").first).not_to_have_attribute("src", before_image)
-                assert readout.inner_text() != before_text
+            handle = explorer.locator(".noUi-handle").first  # the theta slider: ipywidgets 8 uses noUiSlider
+            handle.focus()
+            page.keyboard.press("ArrowRight")  # one step: theta 0.50 -> 0.55
+            expect(readout).to_contain_text("theta = 0.55")
+            expect(explorer.locator(".widget-output img").first).not_to_have_attribute("src", before_image)
+            assert readout.inner_text() != before_text
 
-                explorer.scroll_into_view_if_needed()
-                page.screenshot(path=str(ARTIFACTS / "browser_widget.png"))
-            finally:
-                browser.close()
+            explorer.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "browser_widget.png"))
     finally:
         changed = path.read_bytes() != committed
         if changed:  # never leave the committed notebook rewritten by the browser session
