@@ -8,6 +8,10 @@ keeps handles for tests that drive it without a browser:
     box.update     ``update(**values)``: draw with these values, whatever the controls show
     box.render     ``render()``: draw with the values the controls show now
     box.result     what the latest drawing returned (see :func:`build_explorer`)
+
+Where no kernel runs (GitHub, the website before its widget state is drawn, a fresh JupyterLab), a notebook shows
+an output's plain-text form; an explorer's says what it is and that its controls need a running kernel, rather
+than the nested ``VBox(children=(HBox(...`` of ipywidgets.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import Any, Callable
 
 import matplotlib.pyplot as plt
 
-__all__ = ["build_explorer"]
+__all__ = ["PLAIN_TEXT", "build_explorer"]
+
+PLAIN_TEXT = "[interactive explorer: it needs Jupyter with a running kernel; the static figure shows the same idea]"
 
 
 def build_explorer(draw: Callable[..., tuple], controls: dict, notes: str = "", per_row: int | None = None):
@@ -52,7 +58,11 @@ def build_explorer(draw: Callable[..., tuple], controls: dict, notes: str = "", 
     items = list(controls.values())
     step = per_row or len(items)
     rows = [widgets.HBox(items[i : i + step]) for i in range(0, len(items), step)]
-    box = widgets.VBox(rows + [readout, out] + ([widgets.HTML(notes)] if notes else []))
+    class Explorer(widgets.VBox):
+        def __repr__(self) -> str:
+            return PLAIN_TEXT
+
+    box = Explorer(rows + [readout, out] + ([widgets.HTML(notes)] if notes else []))
     box.sliders, box.readout, box.update, box.render = controls, readout, update, render
     render()
     return box
