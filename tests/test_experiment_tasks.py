@@ -119,14 +119,26 @@ def test_a_seed_fixes_the_example_and_other_seeds_vary_it(name):
     assert ex.needle == again.needle and ex.answer_text == again.answer_text
     others = [task.example(900, 0.3, seed) for seed in range(6)]
     assert len({tuple(o.tokens.tolist()) for o in others}) == 6
-    needles = {tuple(o.tokens[o.needle[0] : o.needle[1]].tolist()) for o in others}
-    assert len(needles) >= 3  # qa1 needles are short; the rest all differ
+    assert len({tuple(o.tokens[o.needle[0] : o.needle[1]].tolist()) for o in others}) == 6  # other needles
     outside = {tuple(o.tokens[: o.needle[0]].tolist() + o.tokens[o.needle[1] : o.length].tolist()) for o in others}
-    assert len(outside) >= (3 if name == "passkey_tokens" else 6)  # the haystack differs too (passkey_tokens: one
-    # of the 12 phases of its cycle)
-    # the seed fixes the question and the answer; the depth only moves the needle
+    assert len(outside) >= (3 if name == "passkey_tokens" else 6)  # another haystack (passkey_tokens: 12 phases)
+    # the seed fixes the question and the answer; the depth moves the needle
     assert all(torch.equal(task.example(900, d, 11).answer, ex.answer) for d in (0.0, 0.7, 1.0))
     assert task.example(900, 0.0, 11).needle != task.example(900, 1.0, 11).needle
+
+
+def test_a_value_found_in_the_haystack_is_drawn_again(monkeypatch):
+    """The prose holds "1234567890": a slice longer than the whole corpus always contains 1234567, so a needle
+    with that value must give way to another. The slice runs past the end of the corpus and wraps round."""
+    from titans_edu.experiments.haystack import NumberNeedle, prose
+
+    draws = iter(["1234567", "7654321"])
+    monkeypatch.setattr(NumberNeedle, "_value", lambda self, rng: next(draws))
+    length = len(prose()) + 20_000
+    ex = NumberNeedle().example(length, 0.5, 0)
+    text = input_text(ex)
+    assert ex.answer_text == "7654321" and text.count("7654321") == 1 and "1234567" in text
+    assert ex.length == length and abs(ex.needle[0] - length / 2) < 200
 
 
 def test_a_known_passkey_reads_right():

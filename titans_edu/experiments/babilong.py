@@ -123,6 +123,8 @@ class _QA:
         after = [fact + " " for fact in story.after]
         room = length - len(block) - 1 - sum(map(len, before + after)) - len(story.question)
         filler = prose_slice(rng, room, lambda s: _NAMED.search(s) is None)
+        if filler is None:
+            raise RuntimeError(f"{self.name}: no prose slice of {room} characters is free of the story's words")
         spots = Boundaries(filler)
         # the block starts at depth * (length - block - question) of the input, after the distractors before it
         shift = sum(map(len, before))

@@ -9,7 +9,8 @@ The haystack of the byte tasks is cut to exactly the bytes left once the needle 
 and the needle goes in at the sentence start nearest ``depth * haystack`` (in prose, at a line start where no
 sentence starts within :data:`REACH` bytes: code and grammar rules run long without one). The prose is
 :func:`titans_edu.training.data.embedded_corpus` made ASCII (:func:`prose`), read as a loop so that any
-length can be cut from it. The helpers :func:`prose_slice`, :class:`Boundaries` and :func:`insert` are shared with the BABILong-style tasks.
+length can be cut from it. The helpers :func:`prose_slice`, :class:`Boundaries` and :func:`insert` are shared
+with the BABILong-style tasks.
 """
 
 from __future__ import annotations
@@ -39,24 +40,27 @@ def prose() -> str:
 
 
 @lru_cache(maxsize=1)
-def _line_starts() -> np.ndarray:
+def _line_ends() -> np.ndarray:
     text = prose()
-    return np.array([0] + [m.end() for m in re.finditer("\n", text) if m.end() < len(text)])
+    return np.array([m.end() for m in re.finditer("\n", text)])
 
 
-def prose_slice(rng: np.random.Generator, size: int, accept: Callable[[str], bool], tries: int = 100) -> str:
-    """``size`` contiguous characters of :func:`prose`, starting at a line chosen by ``rng``, for which
-    ``accept(slice)`` holds (other starts are drawn until one does, at most ``tries`` times)."""
+def prose_slice(rng: np.random.Generator, size: int, accept: Callable[[str], bool],
+                tries: int = 100) -> str | None:
+    """``size`` contiguous characters of :func:`prose` that end with a line, at a line end chosen by ``rng``,
+    and for which ``accept(slice)`` holds: other ends are drawn until one does, at most ``tries`` times (then
+    None). Ending on a newline, the slice ends where a needle can go, and the question starts a line."""
     text = prose()
     for _ in range(tries):
-        start = int(rng.choice(_line_starts()))
-        if start + size <= len(text):
-            piece = text[start : start + size]
-        else:
-            piece = (text * ((start + size) // len(text) + 1))[start : start + size]
+        end = int(rng.choice(_line_ends()))
+        if size <= end:
+            piece = text[end - size : end]
+        else:  # wrap round: the corpus as a loop, as many times as the size needs
+            laps = -(-(size - end) // len(text))
+            piece = (text * (laps + 1))[laps * len(text) + end - size : laps * len(text) + end]
         if accept(piece):
             return piece
-    raise RuntimeError(f"no slice of {size} characters of the prose haystack passed its check in {tries} tries")
+    return None
 
 
 REACH = 100  # a needle goes at a sentence start at most this many bytes from its target, else at a line start
@@ -77,10 +81,12 @@ def nearest(starts: np.ndarray, target: float) -> int:
 
 class Boundaries:
     """Where a needle or a fact can go into ``text``: ``sentences``, the start and the positions after the end
-    of a sentence or paragraph; ``lines``, those and every line start. Both are sorted position arrays.
+    of a sentence or paragraph; ``lines``, those and every line start. Both are sorted arrays.
 
     Real prose has long stretches without a sentence end (code, grammar rules), so :meth:`near` falls back to a
-    line start when no sentence start lies within :data:`REACH` of the target.
+    line start when no sentence start lies within :data:`REACH` of the target. Lines of the embedded corpus
+    are under 150 bytes and a :func:`prose_slice` ends with a line, so either way the place is at most
+    :data:`REACH` bytes from the target.
     """
 
     def __init__(self, text: str) -> None:
@@ -229,7 +235,8 @@ class _KeyedValue:
     The slice contains neither the key nor the value, so the value occurs once in the input, in the needle.
     """
 
-    noun = "value"
+    noun = "value"  # what the value is called in the needle and the question
+    width = 0  # its length in characters
     name: str = field(default="", init=False)
     level: str = field(default="byte", init=False)
     vocab_size: int = field(default=BYTE_VOCAB, init=False)
@@ -246,8 +253,7 @@ class _KeyedValue:
     @property
     def min_length(self) -> int:
         key = max(KEY_FIRST, key=len) + " " + max(KEY_SECOND, key=len)
-        value = self._value(np.random.default_rng(0))
-        return len(self._needle(key, value)) + 1 + len(self._question(key))
+        return len(self._needle(key, "0" * self.width)) + 1 + len(self._question(key))
 
     def example(self, length: int, depth: float, seed: int) -> Example:
         length, depth, rng = check_example(self.name, length, depth, seed, self.min_length)
@@ -256,20 +262,22 @@ class _KeyedValue:
             value = self._value(rng)
             needle, question = self._needle(key, value), self._question(key)
             room = length - len(needle) - 1 - len(question)
-            filler = prose_slice(rng, room, lambda s: value not in s and key not in s.lower())
+            filler = prose_slice(rng, room, lambda s: value not in s and key not in s.lower(), tries=10)
+            if filler is None:  # the value (or key) is everywhere in slices this long: draw another
+                continue
             at = Boundaries(filler).near(depth * room)
             text, (start,) = insert(filler, [(at, needle + " ")])
             prompt = text + question
             if prompt.count(value) == 1:
                 return text_example(prompt, value, (start, start + len(needle)), length)
-        raise RuntimeError(f"{self.name}: could not place a value that occurs once")
+        raise RuntimeError(f"{self.name}: no value drawn was absent from a prose slice of {length} characters")
 
 
 @dataclass(frozen=True)
 class NumberNeedle(_KeyedValue):
     """RULER's S-NIAH with a number: a seven-digit value (no leading zero) for a two-word key, in prose."""
 
-    noun = "number"
+    noun, width = "number", 7
     name: str = field(default="number", init=False)
 
     @property
@@ -284,7 +292,7 @@ class NumberNeedle(_KeyedValue):
 class UuidNeedle(_KeyedValue):
     """RULER's S-NIAH with a uuid: a code of 8 and 4 lowercase hex digits (``3f9a2c1e-7b04``), in prose."""
 
-    noun = "code"
+    noun, width = "code", 13
     name: str = field(default="uuid", init=False)
 
     @property

@@ -18,9 +18,9 @@ Every example is the input and then the answer. ``length`` is the number of inpu
 scored token (mqar: before its query block; see ``mqar``), exactly as asked, and ``depth`` in [0, 1] says
 where the needle starts, as in RULER: at about ``depth * (length - needle - question)``, so 0 puts it at the
 very start and 1 right before the question. Byte tasks put it at the sentence boundary nearest that point
-(see ``haystack``); token tasks put it exactly there (rounded). A seed fixes everything: the same ``(length, depth, seed)`` gives
-the same example, another seed another needle and another haystack. One seed asks the same question, with
-the same answer, at every depth: the depth moves the needle.
+(see ``haystack``); token tasks put it exactly there (rounded). A seed fixes everything: the same ``(length,
+depth, seed)`` gives the same example, another seed another needle and another haystack. One seed asks the
+same question, with the same answer, at every depth: the depth moves the needle.
 
 Scoring. :func:`batch` gives teacher-forced pairs ``x = tokens[:-1]``, ``y = tokens[1:]`` with ``y`` set to
 ``IGNORE`` except at the answer. An answer counts as right (exact match) when the argmax is right at every one
