@@ -26,8 +26,9 @@ Scoring. :func:`batch` gives teacher-forced pairs ``x = tokens[:-1]``, ``y = tok
 ``IGNORE`` except at the answer. An answer counts as right (exact match) when the argmax is right at every one
 of its scored positions. This is the same verdict as greedy decoding of the answer: if every argmax is right
 given the right prefix, greedy decoding writes the answer token by token; and if greedy decoding writes the
-answer, each of its steps had the right prefix and chose the right token. So one forward pass scores a batch,
-with no generation loop. The ``chance`` of a task is the exact-match accuracy of a uniform guess of the whole
+answer, each of its steps had the right prefix and chose the right token (for mqar, with the query keys
+supplied between the values, as the input has them). So one forward pass scores a batch, with no generation
+loop. The ``chance`` of a task is the exact-match accuracy of a uniform guess of the whole
 answer.
 """
 
