@@ -134,7 +134,8 @@ class _QA:
                  *np.sort(rng.choice(spots.between(at, room), len(after)))]
         text, placed = insert(filler, list(zip(map(int, where), before + [block + " "] + after)))
         start = placed[len(before)]
-        return text_example(text + story.question, story.answer, (start, start + len(block)), length)
+        return text_example(text + story.question, story.answer, (start, start + len(block)), length,
+                            story.question)
 
 
 @dataclass(frozen=True)

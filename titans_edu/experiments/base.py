@@ -33,6 +33,8 @@ class Example:
                 tokens before its query block, which starts with a key, so its first scored token is at
                 ``length + 1``).
     ``answer_text``  byte tasks: the answer as text; token tasks: None.
+    ``question``  where the question starts (the query token, or mqar's query block): everything before it is
+                the haystack and the needle. The memory-reset control resets the memory there.
     """
 
     tokens: Tensor
@@ -40,6 +42,7 @@ class Example:
     needle: tuple[int, int]
     length: int
     answer_text: str | None = None
+    question: int | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.dim() != 1 or self.tokens.dtype != torch.int64:
@@ -122,11 +125,14 @@ def decode(tokens: Tensor) -> str:
     return bytes(tokens.to(torch.uint8).tolist()).decode("ascii")
 
 
-def text_example(prompt: str, answer: str, needle: tuple[int, int], length: int) -> Example:
-    """The byte-level example ``prompt + answer``, scored at the answer. ``prompt`` must be ``length`` bytes."""
+def text_example(prompt: str, answer: str, needle: tuple[int, int], length: int, question: str) -> Example:
+    """The byte-level example ``prompt + answer``, scored at the answer. ``prompt`` must be ``length`` bytes and
+    end with ``question``."""
     if len(prompt) != length:
         raise RuntimeError(f"the prompt has {len(prompt)} bytes instead of the {length} asked for")
     tokens = byte_tokens(prompt + answer)
     scored = torch.zeros(len(tokens), dtype=torch.bool)
     scored[length:] = True
-    return Example(tokens, scored, needle, length, answer)
+    if not prompt.endswith(question):
+        raise RuntimeError("the prompt does not end with its question")
+    return Example(tokens, scored, needle, length, answer, question=length - len(question))

@@ -171,7 +171,7 @@ class Passkey:
         filler = (cycle * (room // len(cycle) + 1))[:room]
         at = Boundaries(filler).near(depth * room)
         text, (start,) = insert(filler, [(at, needle + " ")])
-        return text_example(text + PASSKEY_QUESTION, key, (start, start + len(needle)), length)
+        return text_example(text + PASSKEY_QUESTION, key, (start, start + len(needle)), length, PASSKEY_QUESTION)
 
 
 # --- passkey on a small vocabulary ---
@@ -216,7 +216,8 @@ class PasskeyTokens:
         tokens = np.concatenate([filler[:at], [NEEDLE], digits, filler[at:], [QUERY], digits])
         scored = torch.zeros(len(tokens), dtype=torch.bool)
         scored[length:] = True
-        return Example(torch.from_numpy(tokens.astype(np.int64)), scored, (at, at + n + 1), length)
+        return Example(torch.from_numpy(tokens.astype(np.int64)), scored, (at, at + n + 1), length,
+                       question=length - 1)
 
 
 # --- a keyed value in real prose ---
@@ -269,7 +270,7 @@ class _KeyedValue:
             text, (start,) = insert(filler, [(at, needle + " ")])
             prompt = text + question
             if prompt.count(value) == 1:
-                return text_example(prompt, value, (start, start + len(needle)), length)
+                return text_example(prompt, value, (start, start + len(needle)), length, question)
         raise RuntimeError(f"{self.name}: no value drawn was absent from a prose slice of {length} characters")
 
 

@@ -90,4 +90,5 @@ class MQAR:
         tokens = np.concatenate([filler[:at], pairs, filler[at:], queries])
         scored = torch.zeros(len(tokens), dtype=torch.bool)
         scored[length + 1 :: 2] = True
-        return Example(torch.from_numpy(tokens.astype(np.int64)), scored, (at, at + 2 * n), length)
+        return Example(torch.from_numpy(tokens.astype(np.int64)), scored, (at, at + 2 * n), length,
+                       question=length)

@@ -76,7 +76,7 @@ def stream_tokens(model: TitansLM, tokens: torch.Tensor, call: int) -> tuple[tor
 
 
 @torch.no_grad()
-def measure(variant: str, total: int = CHECKPOINTS[-1], call: int = 2048, budget_mib: float = 256.0,
+def measure(variant: str, total: int = CHECKPOINTS[-1], call: int = 2048, budget_mib: float | None = 256.0,
             checkpoints: tuple[int, ...] = CHECKPOINTS, seed: int = 0) -> StreamResult:
     """Stream ``total`` random byte tokens through the tiny ``variant``; see the module docstring."""
     torch.manual_seed(seed)
@@ -96,7 +96,7 @@ def measure(variant: str, total: int = CHECKPOINTS[-1], call: int = 2048, budget
                                              _status_mib("VmHWM"), size))
             marks.pop(0)
             last_t, last_n = time.perf_counter(), done
-        if size > budget_mib:
+        if budget_mib is not None and size > budget_mib:
             if not result.points or result.points[-1].tokens != done:
                 now = time.perf_counter()
                 result.points.append(StreamPoint(done, (done - last_n) / (now - last_t), _status_mib("VmRSS"),
@@ -119,7 +119,8 @@ def run_isolated(variant: str, **options) -> StreamResult:
 
 def table(results: list[StreamResult]) -> str:
     """A markdown table of the points of every result."""
-    rows = ["| model | tokens | tokens/s | RSS MiB | peak RSS MiB | state MiB |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| model | tokens | tokens/s | RSS MiB | peak RSS MiB | state MiB |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
         for p in r.points:
             rows.append(f"| {r.variant} | {p.tokens:,} | {p.tokens_per_s:,.0f} | {p.rss_mib:,.0f} | "
@@ -137,3 +138,52 @@ def growth(result: StreamResult, start: int = CHECKPOINTS[1], end: int = CHECKPO
 
 def as_dict(results: list[StreamResult]) -> list[dict]:
     return [asdict(r) for r in results]
+
+
+def stream_slice(variants: list[str]) -> dict:
+    """What the tests recompute (:mod:`titans_edu.experiments.reproduce`): each model's state after 2,048 tokens,
+    and whether reading them in calls of 512 gives what one call gives."""
+    out = {}
+    for variant in variants:
+        torch.manual_seed(0)
+        model = build_model(variant, "tiny").eval()
+        tokens = torch.randint(0, 256, (1, 2048), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            whole, _ = model(tokens)
+            streamed, state = stream_tokens(model, tokens, 512)
+        out[variant] = {"state_mib": state_bytes(state) / 2**20, "streamed_equals_one_call":
+                        bool(torch.allclose(whole, streamed, atol=1e-4, rtol=1e-4))}
+    return out
+
+
+def run(args, path, command: str) -> int:
+    """``python -m titans_edu.experiments stream``: each variant in its own process; writes the results file."""
+    from .results import ResultsFile
+
+    total = 131_072 if args.quick else args.tokens
+    config = {"variants": args.variants.split(","), "tokens": total, "budget_mib": args.budget, "call": 2048,
+              "checkpoints": [c for c in CHECKPOINTS if c <= total], "preset": "tiny"}
+    results = ResultsFile(path, "stream", config, command, "cpu")
+    if "slice" not in results.data:
+        results.data["slice"] = stream_slice(config["variants"])
+        results.save()
+    streamed = []
+    for variant in config["variants"]:
+        if variant in results.models:
+            raw = results.models[variant]
+            streamed.append(StreamResult(raw["variant"], raw["call"], [StreamPoint(**p) for p in raw["points"]],
+                                         raw["stopped"]))
+            continue
+        budget = args.budget if variant == "transformer" else None
+        result = run_isolated(variant, total=total, call=2048, budget_mib=budget,
+                              checkpoints=tuple(config["checkpoints"]))
+        results.put_model(variant, asdict(result))
+        streamed.append(result)
+        print(table([result]) + (f"\n{variant} stopped: {result.stopped}" if result.stopped else ""), flush=True)
+    for r in streamed:
+        g = growth(r, config["checkpoints"][-2], config["checkpoints"][-1]) if len(config["checkpoints"]) > 1 else None
+        if g is not None:
+            print(f"{r.variant}: peak RSS grows {g:+.1%} from {config['checkpoints'][-2]:,} to "
+                  f"{config['checkpoints'][-1]:,} tokens")
+    print(f"written to {path}")
+    return 0
