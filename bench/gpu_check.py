@@ -65,6 +65,7 @@ import tempfile
 import threading
 import time
 import traceback
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -108,8 +109,8 @@ WHEELS = ("titans-pytorch==0.5.5 accelerated-scan==0.3.1 assoc-scan==0.0.6 axial
           "x-transformers==2.31.10")
 WHEELS_HOWTO = (f"on a machine with network: pip download --no-deps --only-binary=:all: --python-version 3.12 "
                 f"--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d bench/wheels {WHEELS}; "
-                f"then run with --wheels bench/wheels (it installs them with pip --no-index --no-deps into a "
-                f"temporary folder), or pip install --no-index --no-deps bench/wheels/*.whl")
+                f"then carry bench/wheels and run with --wheels bench/wheels (it unpacks them into a temporary "
+                f"folder on the worker's path), or pip install --no-index --no-deps bench/wheels/*.whl")
 
 
 # --- what runs, at which shapes ---
@@ -171,9 +172,9 @@ SMOKE = Shapes(
                  "--threads=1"),
 )
 # Seconds a case is expected to take on one H200, the model's build included: guesses, replaced during a run by
-# what it measured. The compiled Titans variants are the big ones: every chunk of a block is traced (64 chunks a
-# block at 4K; about 20 s of Dynamo and 55 s with AOTAutograd for one 4K MAC block on a 2-core CPU), and the
-# blocks are compiled one at a time (--compile-scope block), so that one block's graph serves them all.
+# what it measured. The compiled Titans variants are the big ones: every chunk of a block is traced, 64 chunks a
+# block at 4K and 256 at 16K. On a shared 2-core CPU, Dynamo alone took 20-24 s for one 4K block of MAC or LMM and
+# 178 s for a 16K MAC block; with AOTAutograd, 55-210 s at 4K (MAC, MAG, LMM, as the machine's load varied).
 ESTIMATES = {
     "correctness": 10.0, "flex-masks": 30.0, "titans-pytorch": 90.0, "train": 180.0,
     ("eager", "titans", 0): 30.0, ("eager", "attention", 0): 12.0, ("eager", "titans", 1): 60.0,
@@ -775,15 +776,17 @@ def source_record() -> dict:
             "sources_sha256": digest.hexdigest()}
 
 
-def install_wheels(folder: str, log) -> tuple[str | None, str]:
-    """pip-install the wheels in ``folder`` (no index, no dependencies) into a temporary folder for the worker."""
-    target = tempfile.mkdtemp(prefix="titans-pytorch-")
-    wheels = sorted(str(p) for p in Path(folder).glob("*.whl"))
+def unpack_wheels(folder: str) -> tuple[str | None, str]:
+    """The wheels in ``folder`` unpacked into a temporary folder for the worker's path. A wheel is a zip file, and
+    titans-pytorch and what it needs are pure Python, so no pip is needed."""
+    wheels = sorted(Path(folder).glob("*.whl"))
     if not wheels:
         return None, f"no .whl files in {folder}"
-    code, _ = run_group([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet",
-                         "--target", target, *wheels], dict(os.environ), 300, log)
-    return (target, f"{len(wheels)} wheels installed from {folder}") if code == 0 else (None, f"pip exited {code}")
+    target = tempfile.mkdtemp(prefix="titans-pytorch-")
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(target)
+    return target, f"{len(wheels)} wheels unpacked from {folder}"
 
 
 def peak_tflops(args, device_info: dict) -> tuple[float | None, str]:
@@ -893,14 +896,18 @@ def why(r: dict) -> str:
 
 
 def markdown(record: dict) -> str:
+    """The tables for bench/README.md; cases that were not selected are left out of them."""
     s, d = record["settings"], record["device"]
     lines = [f"{d.get('name', d['type'])}, torch {record['versions']['torch']}, {record['date']}, commit "
              f"{(record['git']['commit'] or 'unknown')[:10]}; MFU against {s['peak_tflops']} TFLOP/s "
              f"({s['peak_source']}); compile scope: {s['compile_scope']}", ""]
-    corr = record["sections"]["correctness"]["tasks"]
+    sections = {name: {n: r for n, r in sec["tasks"].items() if r.get("reason") != NOT_SELECTED}
+                for name, sec in record["sections"].items()}
+    corr = sections["correctness"]
     cols = ("chunked_vs_naive", "bf16_vs_fp32", "causality", "streaming", "flex_vs_sdpa")
-    lines += ["| variant | chunked vs naive (fp32) | bf16 vs fp32 | causality | streaming | FlexAttention vs SDPA |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    if corr:
+        lines += ["| variant | chunked vs naive (fp32) | bf16 vs fp32 | causality | streaming | FlexAttention vs SDPA |",
+                  "| --- | --- | --- | --- | --- | --- |"]
     for name, r in corr.items():
         if "checks" not in r or name.endswith("flex-masks"):
             continue
@@ -916,9 +923,10 @@ def markdown(record: dict) -> str:
     for name, r in corr.items():
         if r["status"] in ("skipped", "error"):
             lines.append(f"| {name.split('/')[-1]} | {r['status']}: {why(r)[:80]} |")
-    lines += ["", "| setting | variant | mode | sequences x tokens | tokens/s | step ms | peak GiB | compile s | MFU |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in record["sections"]["speed"]["tasks"].items():
+    if sections["speed"]:
+        lines += ["", "| setting | variant | mode | sequences x tokens | tokens/s | step ms | peak GiB | compile s | MFU |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in sections["speed"].items():
         _, setting, variant, mode = name.split("/")
         if r["status"] != "ok":
             lines.append(f"| {setting} | {variant} | {mode} | {r['status']}: {why(r)[:70]} |")
@@ -930,7 +938,7 @@ def markdown(record: dict) -> str:
             f"{'' if r['peak_memory_gib'] is None else format(r['peak_memory_gib'], '.1f')} | "
             f"{'' if r['compile_s'] is None else format(r['compile_s'], '.0f')} | "
             f"{'' if r.get('mfu') is None else format(r['mfu'], '.1%')} |")
-    for name, r in record["sections"]["titans_pytorch"]["tasks"].items():
+    for name, r in sections["titans_pytorch"].items():
         lines += ["", "| model (matched shape, eager, bf16) | parameters | tokens/s | peak GiB |",
                   "| --- | --- | --- | --- |"]
         if r["status"] != "ok":
@@ -939,7 +947,7 @@ def markdown(record: dict) -> str:
         for model, m in r["models"].items():
             peak = "" if m["peak_memory_gib"] is None else f"{m['peak_memory_gib']:.1f}"
             lines.append(f"| {model} | {m['parameters']:,} | {m['tokens_per_s']:,.0f} | {peak} |")
-    for name, r in record["sections"]["train"]["tasks"].items():
+    for name, r in sections["train"].items():
         lines += ["", "| trainer run | status | loss first -> last | checkpoints | resumed at step | tokens/s |",
                   "| --- | --- | --- | --- | --- | --- |"]
         c = r.get("checks")
@@ -951,9 +959,11 @@ def markdown(record: dict) -> str:
                      f"{c['resume_continues']['first_step']} | {r['tokens_per_s'] or 0:,.0f} |")
     lines += ["", "| target | figure | result |", "| --- | --- | --- |"]
     for t in record["targets"]:
-        figure = "" if "value" in t and t["value"] is None else (
-            f"{t['value']:.2%} ({t['unit']})" if t["target"].startswith("mfu") and "value" in t else
-            f"{t['value']:.2f}x ({t['unit']})" if "value" in t else "")
+        if "value" not in t:
+            figure = ""
+        else:
+            figure = f"{t['value']:.2%}" if t["target"].startswith("mfu") else f"{t['value']:.2f}x"
+            figure += f" ({t['unit']})"
         lines.append(f"| {t['text']} | {figure} | {t['result']} |")
     unselected = [s for s in record["skipped"] if s["reason"] == NOT_SELECTED]
     left_out = [f"{s['task']} ({s['reason']})" for s in record["skipped"] if s["reason"] != NOT_SELECTED]
@@ -961,7 +971,7 @@ def markdown(record: dict) -> str:
         left_out.append(f"{len(unselected)} cases {NOT_SELECTED}")
     if left_out:
         lines += ["", "Left out: " + "; ".join(left_out)]
-    return "\n".join(lines)
+    return "\n".join(line for i, line in enumerate(lines) if line or (i and lines[i - 1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1087,7 +1097,7 @@ def run(args, argv: list[str]) -> int:
                 if eager.get("status") == "ok":  # start from what fitted without compile
                     message["fit"] = {k: eager[k] for k in ("micro_batch", "activation_checkpointing")}
             if task.kind == "titans-pytorch" and args.wheels and not device_info.get("titans_pytorch"):
-                target, note = install_wheels(args.wheels, log)
+                target, note = unpack_wheels(args.wheels)
                 print(f"({note})", end=" ", flush=True)
                 if target:
                     worker.close()
