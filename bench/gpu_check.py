@@ -85,7 +85,7 @@ GiB = 2**30
 SEED = 0
 SECTIONS = ("correctness", "speed", "titans_pytorch", "train")
 # dense bf16 tensor-core peaks from the datasheets, in TFLOP/s; the first name found in the device's name wins
-PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0))
+PEAK_BF16_TFLOPS = (("H200 NVL", 835.0), ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0))
 SMOKE_PEAK_TFLOPS = 1.0  # CPU smoke runs: a nominal peak, only so that the MFU code runs
 TOLERANCES = {  # name: (tolerance, what is measured)
     "chunked_vs_naive": (1e-4, "max |chunked - naive| / max |naive| over the logits, float32"),
