@@ -408,7 +408,7 @@ class Measured:
     def loss(self):
         from titans_edu.training.trainer import next_token_loss
 
-        return next_token_loss(self.model, self.x, self.y)
+        return next_token_loss(self.model, self.x, self.y)[0]
 
     def step(self) -> tuple[float, float]:
         self.sync()
