@@ -151,6 +151,19 @@ def test_draw_linear_memory_readout_follows_the_sliders():
         mv.draw_linear_memory(0.0, 8)
 
 
+@pytest.mark.parametrize("theta", [0.5, 0.65, 1.0])
+def test_linear_memory_legend_covers_no_curve(theta):
+    """The legend, with the N = d_k marker in it, sits under the axes, so no curve runs behind it or a label."""
+    fig, _ = mv.draw_linear_memory(theta, 24, dim_key=16)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()][-1] == "N = d_k = 16"
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).y1 < ax.get_window_extent(renderer).y0  # below the plotting area
+    assert not ax.texts  # no label drawn inside the axes, where the curve can reach it
+
+
 def test_linear_explorer_updates_its_readout_when_a_slider_moves():
     box = mv.linear_memory_explorer(theta=0.5, n_pairs=8, dim_key=8)
     sliders = {child.description: child for child in box.children[0].children}

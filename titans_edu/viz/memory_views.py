@@ -235,16 +235,16 @@ def draw_linear_memory(theta: float, n_pairs: int, dim_key: int = 16, seed: int 
     stream = [recall_error(memory, w, keys[:, :, :t], values[:, :, :t]).mean().item() for t, w in zip(steps, history)]
     best = [best_linear_error(keys[:, :, :t], values[:, :, :t]).item() for t in steps]
 
-    fig = fig or plt.figure(figsize=(10, 3.8))
+    fig = fig or plt.figure(figsize=(10, 4.2))
     fig.clear()
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.4, 1]})
     left.plot(steps, stream, marker="o", ms=3, label="after one pass of the delta rule")
     left.plot(steps, best, "k--", label="best possible linear memory")
-    left.axvline(dim_key, color="gray", lw=1, ls=":")
-    left.text(dim_key, 1.02, f" N = d_k = {dim_key}", color="gray", va="bottom", fontsize=9)
+    left.axvline(dim_key, color="gray", lw=1, ls=":", label=f"N = d_k = {dim_key}")
     left.set(xlabel="pairs written so far, t", ylabel="mean recall error", ylim=(-0.03, max(1.1, 1.05 * max(stream))),
              title=f"Recall of pairs 1..t, theta = {theta:.2f}")
-    left.legend(loc="lower right", fontsize=8)
+    # the legend sits under the axes: inside, some slider setting always puts a curve behind it
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
     limit = max(float(history[-1][0].abs().max()), 1e-6)
     image = right.imshow(history[-1][0][0, 0].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
     right.set(title=f"W after {n_pairs} writes ({dim_key} x {dim_key})", xlabel="value dim", ylabel="key dim")
