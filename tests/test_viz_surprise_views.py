@@ -143,3 +143,14 @@ def test_explorers_update_their_readout():
         box.update(**change)
         assert box.readout.value != first
         plt.close("all")
+
+
+def test_every_slider_label_is_shown_whole():
+    """ipywidgets cuts a description longer than its default width ("heatmap …"); 'initial' sizes it to fit."""
+    ipywidgets = pytest.importorskip("ipywidgets")
+    for make in (sv.surprise_explorer, sv.momentum_explorer, sv.forgetting_explorer):
+        box = make()
+        for name, control in box.sliders.items():
+            if isinstance(control, (ipywidgets.FloatSlider, ipywidgets.IntSlider)):
+                assert control.style.description_width == "initial", (make.__name__, name)
+        plt.close("all")

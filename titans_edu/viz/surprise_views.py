@@ -125,7 +125,8 @@ def surprise_explorer(theta: float = 0.25, gate: float = 0.0, t: int = 160):
     controls = {
         "theta": _slider(theta, 0.05, 0.5, 0.05, "θ (step)"),
         "gate": _slider(gate, 0.0, 8.0, 0.5, "gate weight"),
-        "t": widgets.IntSlider(value=t, min=0, max=239, description="heatmap at t", continuous_update=False),
+        "t": widgets.IntSlider(value=t, min=0, max=239, description="heatmap at t", continuous_update=False,
+                               style={"description_width": "initial"}),  # the default width cuts the label
     }
     return build_explorer(draw_surprise, controls,
                      "<small>Red triangles are the surprising new facts, gray crosses the noise. Raise the gate "
