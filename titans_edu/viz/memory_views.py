@@ -278,8 +278,8 @@ def draw_deep_memory(depth: int, n_pairs: int, width: str = "4 x d_k", dim_key: 
                      seed: int = 0, fig: Figure | None = None) -> tuple[Figure, str]:
     """Fit ``n_pairs`` random pairs into a memory of depth ``L_M`` by :func:`fit_memory`, and a linear one too.
 
-    ``width``: ``"4 x d_k"`` (hidden = 4 d_k, titans_edu's default; a CHOICE, the paper does not fix it) or
-    ``"equal to linear"`` (hidden chosen so the MLP has no more parameters than the linear memory).
+    ``width``: ``"4 x d_k"`` (hidden = 4 d_k, titans_edu's default, a choice of the package: the paper does not
+    fix it) or ``"equal to linear"`` (hidden chosen so the MLP has no more parameters than the linear memory).
     Left: recall error against inner steps. Right: recalled against stored value coordinates.
     """
     if width not in ("4 x d_k", "equal to linear"):

@@ -135,5 +135,8 @@ def phase_recall(trace: Trace, stream: FactStream) -> Tensor:
 
 
 def theta_gate(feature: Tensor, max_lr: float, weight: float, bias: float = 0.0) -> Tensor:
-    """The data-dependent step size ``theta_t = max_lr * sigmoid(weight * feature_t + bias)`` (the package's CHOICE, docs/semantics.md §1)."""
+    """The data-dependent step size ``theta_t = max_lr * sigmoid(weight * feature_t + bias)``.
+
+    The form is a choice of the package (docs/semantics.md §1).
+    """
     return max_lr * torch.sigmoid(weight * feature + bias)
