@@ -116,7 +116,7 @@ def link_notebooks(markdown: str) -> str:
         name = match.group(1)
         return f"[`{name}`](notebooks/{name}.ipynb)" if name in names else match.group(0)
 
-    return re.sub(r"`(\d\d_\w+)`", link, markdown)
+    return re.sub(r"`(\d\d[a-z]?_\w+)`", link, markdown)
 
 
 def on_page_markdown(markdown, page, config, files):
@@ -179,8 +179,11 @@ def notebook_page(html_text: str, path: Path) -> str:
                 html_text = re.sub(rf"<pre>\s*{shown}\s*</pre>", lambda _: note(NOTE_LIVE), html_text)
     # Links between notebooks point at their pages.
     names = {p.name for p in notebooks()}
-    html_text = re.sub(r'href="(\d\d_\w+)\.ipynb', lambda m: f'href="../{m.group(1)}/' if f"{m.group(1)}.ipynb"
+    html_text = re.sub(r'href="(\d\d[a-z]?_\w+)\.ipynb', lambda m: f'href="../{m.group(1)}/' if f"{m.group(1)}.ipynb"
                        in names else m.group(0), html_text)
+    # Links to the notes (../docs/NAME.md from the notebooks folder) point at their pages.
+    html_text = re.sub(r'href="\.\./docs/(\w+)\.md(#[^"]*)?"',
+                       lambda m: f'href="../../{m.group(1)}/{m.group(2) or ""}"', html_text)
     download = (f'<p class="notebook-download"><a href="{path.name}" download>Download {path.name}</a> '
                 "to run it in Jupyter.</p>")
     return html_text.replace("</h1>", "</h1>" + download, 1) if "</h1>" in html_text else download + html_text

@@ -48,6 +48,8 @@ def _sweep_parser(sub, name: str, help_text: str, tasks: list[str], default_task
     p.add_argument("--steps", type=int, default=None, help="training steps per model (default 800)")
     p.add_argument("--examples", type=int, default=None, help="test examples per cell (default 32)")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the task, e.g. n_digits=4 (repeatable)")
     _common(p)
 
 
@@ -121,8 +123,14 @@ def run_sweep_command(args) -> int:
     quick = QUICK if args.quick else {}
     variants = tuple(args.variants.split(",")) if args.variants else (("lmm", "swa") if args.quick else
                                                                       Sweep.variants)
+    options = {}
+    for item in args.task_option:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--task-option takes KEY=VALUE, got {item!r}")
+        options[key] = int(value) if value.lstrip("-").isdigit() else value
     sweep = Sweep(
-        task=args.task, variants=variants, train_length=args.length,
+        task=args.task, task_options=options, variants=variants, train_length=args.length,
         multiples=_ints(args.multiples) if args.multiples else quick.get("multiples", Sweep.multiples),
         depths=_floats(args.depths) if args.depths else quick.get("depths", Sweep.depths),
         seeds=_ints(args.seeds) if not args.quick or args.seeds != "0,1,2" else quick["seeds"],

@@ -1,4 +1,4 @@
-"""What keeps the memory's update bounded for every gate value the outer loop can learn (notebook 07).
+"""What keeps the memory's update bounded for every gate value the outer loop can learn (notebook 06).
 
 The paper does not say what keeps the inner update stable. Written as Eqs. 13-14, with gates the outer loop
 learns freely, it is not stable: a chunk takes all of its ``b`` gradients at the same weights ``M_{t'}``, and
