@@ -120,3 +120,26 @@ def test_explorer_redraws_when_a_slider_moves():
 def test_explorer_rejects_a_chunk_size_it_cannot_show():
     with pytest.raises(ValueError, match="chunk sizes"):
         cv.chunk_explorer(chunk_size=3)
+
+
+def test_drift_by_chunk_averages_each_chunk():
+    drift = np.arange(10.0)
+    np.testing.assert_allclose(cv.drift_by_chunk(drift, 4), [1.5, 5.5, 8.5])
+    with pytest.raises(ValueError, match="chunk_size"):
+        cv.drift_by_chunk(drift, 0)
+
+
+def test_matrix_titles_are_as_large_as_the_other_titles():
+    fig = cv.draw_chunk_view(cv.chunk_view(chunk_size=4))
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    sizes = {ax.title.get_fontsize() for ax in axes}
+    assert len(sizes) == 1, sizes
+    assert all("\\prod" not in ax.get_title() for ax in axes[:3])  # no big operator whose limits hit the plot
+    plt.close(fig)
+
+
+def test_explorer_labels_take_the_width_they_need():
+    box = cv.chunk_explorer(chunk_size=8)
+    assert box.sliders["eta"].description == "η (momentum)"
+    assert all(s.style.description_width == "initial" for s in box.sliders.values())
+    plt.close("all")

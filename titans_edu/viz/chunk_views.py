@@ -12,7 +12,8 @@ online rule (``b = 1``, Eqs. 13-15). :func:`chunk_view` computes both for consta
 of the slider values. :func:`draw_chunk_view` draws it, and :func:`chunk_explorer` wires sliders to the two.
 
 Glossary: ``chunk_size`` is b; ``theta``, ``eta``, ``alpha`` are θ, η, α (here the same for every token);
-``drift[t]`` is ``||y_t^(b) - y_t^(1)||`` divided by the mean of ``||y_t^(1)||``.
+``drift[t]`` is ``||y_t^(b) - y_t^(1)||`` divided by the mean of ``||y_t^(1)||``; :func:`drift_by_chunk` averages it
+over each chunk.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .explorer import build_explorer
 
 CHUNK_SIZES = (1, 2, 4, 8, 16, 32)
 DRIFT_CAP = 5.0  # the drift plot is cut off here; beyond it the chunked memory has diverged
+TITLE_SIZE = "large"  # the matrices' titles: the size of every other axes title
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,13 @@ def online_drift(
     return ((chunked - online).norm(dim=-1) / scale)[0, 0].numpy()
 
 
+def drift_by_chunk(drift: np.ndarray, chunk_size: int) -> np.ndarray:
+    """The mean drift of each chunk, ``(chunks,)``; the last chunk may be shorter."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size (b) must be >= 1, got {chunk_size}")
+    return np.array([drift[s : s + chunk_size].mean() for s in range(0, len(drift), chunk_size)])
+
+
 def chunk_view(chunk_size: int = 8, eta: float = 0.8, alpha: float = 0.05, theta: float = 0.1) -> ChunkView:
     """Everything the explorer draws, as a pure function of the slider values (constant gates)."""
     _check_gates(chunk_size, eta, alpha, theta)
@@ -118,16 +127,16 @@ def plot_coefficient_matrices(mats: dict[str, np.ndarray], axes: Sequence | None
     if axes is None:
         fig, axes = plt.subplots(1, 3, figsize=(10, 3.4), layout="constrained")
     fig = axes[0].figure
-    labels = {
-        "E": r"$E_{ij}=\prod_{j<r\leq i}\eta_r$  (momentum)",
-        "B": r"$B_{ij}=\prod_{j<r\leq i}(1-\alpha_r)$  (forgetting)",
-        "C": r"$C=(BE)\,\mathrm{diag}(\theta)$  (weight of $u_j$ in $M_i$)",
+    labels = {  # the products written out: a big operator's limits would sit below the title, on the plot
+        "E": "E: momentum\n" + r"$E_{ij} = \eta_{j+1} \cdots \eta_i$",
+        "B": "B: forgetting\n" + r"$B_{ij} = (1-\alpha_{j+1}) \cdots (1-\alpha_i)$",
+        "C": r"C: the weight of $u_j$ in $M_i$" + "\n" + r"$C = (BE)\,\mathrm{diag}(\theta)$",
     }
     for ax, name in zip(axes, ("E", "B", "C")):
         m = mats[name]
         shown = np.ma.masked_where(np.triu(np.ones_like(m, dtype=bool), 1), m)  # blank the (zero) upper triangle
         image = ax.imshow(shown, cmap="viridis", vmin=0.0, vmax=max(float(m.max()), 1e-12))
-        ax.set_title(labels[name], fontsize=9)
+        ax.set_title(labels[name], fontsize=TITLE_SIZE, pad=8, linespacing=1.5)
         ax.set_xlabel("j (token written)")
         ax.set_ylabel("i (token read)")
         ax.grid(False)
@@ -153,11 +162,16 @@ def draw_chunk_view(view: ChunkView):
     t = np.arange(len(view.drift))
     drift = np.nan_to_num(view.drift, nan=np.inf)
     diverged = bool((drift > DRIFT_CAP).any())
-    ax.plot(t, np.minimum(drift, DRIFT_CAP), marker="o", markersize=3, color="tab:red")
+    ax.plot(t, np.minimum(drift, DRIFT_CAP), marker="o", markersize=3, color="tab:red", label="per token")
     for start in range(0, len(view.drift), view.chunk_size):
         ax.axvline(start - 0.5, color="gray", linewidth=0.6, alpha=0.5)
+    for c, mean in enumerate(np.minimum(drift_by_chunk(drift, view.chunk_size), DRIFT_CAP)):
+        start = c * view.chunk_size
+        ax.hlines(mean, start - 0.5, min(start + view.chunk_size, len(drift)) - 0.5, color="black", linewidth=1.5,
+                  label="mean of the chunk" if c == 0 else None)
+    ax.legend(fontsize=8, loc="upper right")
     ax.set_xlabel("token t (gray lines: chunk starts)")
-    ax.set_ylabel(r"$\|y^{(b)}_t - y^{(1)}_t\|$ / mean $\|y^{(1)}\|$")
+    ax.set_ylabel("relative drift")  # ||y_t^(b) - y_t^(1)|| / mean ||y^(1)||: too tall for the axis as maths
     title = f"drift from the online rule (b = 1) with b = {view.chunk_size}: 2-layer MLP memory, fixed stream"
     if diverged:
         title += f"\nDIVERGED: the memory blew up (drift > {DRIFT_CAP:g}, cut off); lower θ, η or b"
@@ -183,14 +197,18 @@ def chunk_explorer(chunk_size: int = 8, eta: float = 0.8, alpha: float = 0.05, t
     _check_gates(chunk_size, eta, alpha, theta)
     if chunk_size not in CHUNK_SIZES:
         raise ValueError(f"the explorer's chunk sizes are {CHUNK_SIZES}; got chunk_size={chunk_size}")
+    # "initial": each label takes the width its text needs (a fixed width cut "η (momentum)" short)
+    style, layout = {"description_width": "initial"}, widgets.Layout(width="320px")
     sliders = {
-        "chunk_size": widgets.SelectionSlider(options=list(CHUNK_SIZES), value=chunk_size, description="b"),
-        "eta": widgets.FloatSlider(value=eta, min=0.0, max=0.95, step=0.05, description="η (momentum)"),
-        "alpha": widgets.FloatSlider(value=alpha, min=0.0, max=0.3, step=0.01, description="α (forget)"),
-        "theta": widgets.FloatSlider(value=theta, min=0.01, max=0.3, step=0.01, description="θ (step)"),
+        "chunk_size": widgets.SelectionSlider(options=list(CHUNK_SIZES), value=chunk_size, description="b (chunk)",
+                                              style=style, layout=layout),
+        "eta": widgets.FloatSlider(value=eta, min=0.0, max=0.95, step=0.05, description="η (momentum)",
+                                   style=style, layout=layout),
+        "alpha": widgets.FloatSlider(value=alpha, min=0.0, max=0.3, step=0.01, description="α (forgetting)",
+                                     style=style, layout=layout),
+        "theta": widgets.FloatSlider(value=theta, min=0.01, max=0.3, step=0.01, description="θ (step)",
+                                     style=style, layout=layout),
     }
-    for slider in sliders.values():
-        slider.style.description_width = "90px"
 
     def draw(**values):
         view = chunk_view(**values)
