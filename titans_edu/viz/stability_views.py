@@ -156,16 +156,20 @@ class StabilityView:
         return float(errors[-max(1, len(errors) // 4):].mean())
 
     def summary(self, name: str) -> str:
+        """One line: where the rule diverged, or its largest norm and its final recall error."""
         if self.diverged_at[name] is not None:
             return f"{name}: inf by t = {self.diverged_at[name]}"
-        return f"{name}: finite, largest ||M_l|| {self.largest(name):.3g}"
+        largest, error = self.largest(name), self.final_error(name)
+        return f"{name}: finite, largest ||M_l|| {largest:.3g}, recall error {error:.3g}"
 
 
 def stability_view(eta: float = 0.95, m0_scale: float = 1.0, chunk_size: int = 16, theta: float | None = None,
                    alpha: float = 1e-3, length: int = 2048, period: int = 12, dim: int = 16,
                    seed: int = 0) -> StabilityView:
-    """The four rules of :data:`RULES` on one periodic stream, with constant gates (``theta``: the layer's ``max_lr`` for ``b``,
-    :func:`~titans_edu.memory.layer.default_max_lr`)."""
+    """The four rules of :data:`RULES` on one periodic stream, with constant gates.
+
+    ``theta`` defaults to the layer's ``max_lr`` for this ``b`` (:func:`~titans_edu.memory.layer.default_max_lr`).
+    """
     theta = default_max_lr(chunk_size) if theta is None else theta
     _check(chunk_size, eta, alpha, theta)
     k, v, q = periodic_stream(length, period, dim, seed)
