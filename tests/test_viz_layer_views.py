@@ -104,3 +104,18 @@ def test_input_reach_is_causal_and_the_convolution_is_k_wide():
     plt.close(fig)
     with pytest.raises(ValueError, match="one sequence"):
         lv.input_reach(layer, x[None])
+
+
+def test_reach_explorer_follows_the_kernel():
+    box = lv.reach_explorer(kernel=4, seq=9)
+    keys, _ = box.result
+    assert (keys > 0).sum(axis=1).max() == 4
+    box.sliders["kernel"].value = 2
+    keys, outputs = box.result
+    assert (keys > 0).sum(axis=1).max() == 2 and "2 input(s)" in box.readout.value
+    box.sliders["kernel"].value = 0
+    keys, _ = box.result
+    assert (keys > 0).sum(axis=1).max() == 1  # no convolution: k_t is made from x_t alone
+    plt.close("all")
+    with pytest.raises(ValueError, match="kernel"):
+        lv.reach_explorer(kernel=9)

@@ -7,6 +7,7 @@
     layer_explorer   sliders for the sequence and the model (trained or not) wired to draw_layer_trace
     input_reach      which inputs each key k_t and each output o_t depends on: ||d k_t / d x_s|| and ||d o_t / d x_s||
     draw_input_reach the two maps side by side
+    reach_explorer   a slider for the convolution's width wired to input_reach and draw_input_reach
 
 Glossary: ``theta``, ``eta``, ``alpha`` are θ_t, η_t, α_t (Eqs. 13-14), ``(batch, heads, seq)``; ``max_lr`` is the
 largest θ; ``step`` is ``(1 - eta) theta``, the factor of u_t in S_t under dampening; ``surprise`` is ||u_t||_F
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..memory.chunked import chunked_memory
-from ..memory.layer import NeuralMemory
+from ..memory.layer import MemoryConfig, NeuralMemory
 from ..memory.networks import MLPMemory
 from .explorer import build_explorer
 
@@ -211,7 +212,8 @@ def draw_input_reach(keys: np.ndarray, outputs: np.ndarray, kernel: int, axes=No
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
     fig = axes[0].figure
-    titles = (f"key $k_t$: the convolution reaches $x_{{t-{kernel - 1}}}, \\dots, x_t$",
+    first = "x_t" if kernel <= 1 else f"x_{{t-{kernel - 1}}}, \\dots, x_t"
+    titles = (f"key $k_t$ reaches ${first}$",
               "output $o_t$: the memory reaches every $x_{s \\leq t}$")
     for ax, m, title in zip(axes, (keys, outputs), titles):
         floor = max(float(m[m > 0].min()) if (m > 0).any() else 1e-12, 1e-12)
@@ -221,3 +223,28 @@ def draw_input_reach(keys: np.ndarray, outputs: np.ndarray, kernel: int, axes=No
         ax.grid(False)
         fig.colorbar(image, ax=ax, shrink=0.85, label=r"$\|\partial \cdot / \partial x_s\|$")
     return fig
+
+
+def reach_explorer(kernel: int = 4, dim: int = 8, seq: int = 12, seed: int = 0):
+    """A slider for the width of the causal convolution, wired to :func:`input_reach` on a fresh layer of that
+    width (float64) and :func:`draw_input_reach`. Returns an ``ipywidgets.VBox``; ``render()`` returns the
+    ``(keys, outputs)`` maps it drew."""
+    import ipywidgets as widgets
+
+    if not 0 <= kernel <= 8:
+        raise ValueError(f"kernel must be in [0, 8] (0: no convolution), got {kernel}")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(seq, dim, generator=gen, dtype=torch.float64)
+
+    def draw(kernel: int):
+        with torch.random.fork_rng():  # a fresh layer per width, the same for every redraw
+            torch.manual_seed(seed)
+            layer = NeuralMemory(MemoryConfig(dim=dim, heads=2, chunk_size=4, conv_kernel=kernel)).double()
+        keys, outputs = input_reach(layer, x)
+        reach = int((keys > 0).sum(axis=1).max())
+        text = f"conv_kernel = {kernel}: each key depends on {reach} input(s) at most; each output on all earlier ones"
+        return draw_input_reach(keys, outputs, max(kernel, 1)), text, (keys, outputs)
+
+    slider = widgets.IntSlider(value=kernel, min=0, max=8, description="conv_kernel",
+                               style={"description_width": "initial"}, continuous_update=False)
+    return build_explorer(draw, {"kernel": slider})
