@@ -83,8 +83,9 @@ def compute(experiment: str, config: dict) -> dict:
     if experiment == "ablations":
         name, overrides = next(iter(config["ablations"].items()))
         seed = config["seeds"][0]
-        sweep = Sweep(task=config["task"], variants=("lmm",), seeds=(seed,), steps=config["task_steps"],
-                      preset=config["preset"], model=overrides)
+        sweep = Sweep(task=config["task"], task_options=config["task_options"], variants=("lmm",), seeds=(seed,),
+                      train_length=config["task_length"], steps=config["task_steps"], preset=config["preset"],
+                      model=overrides)
         return {**compute_slice(sweep), "ablation": name,
                 "lm_losses": language_slice("lmm", overrides, seed, config["lm_steps"])}
     if experiment == "depth":
