@@ -18,8 +18,9 @@ CHOICE: the convolutions' biases start at zero. PyTorch's default draws them fro
 memory would start unable to tell tokens apart (neighbouring outputs of a fresh MAL layer at ``dim = 32`` had
 cosine 0.96; with zero biases 0.07). The biases are still learned.
 
-CHOICE: ``max_lr`` defaults to ``min(0.1, 0.5 / chunk_size)`` (:func:`default_max_lr`). After SiLU and l2-normalisation the keys are non-negative
-unit vectors, so the keys of one chunk point in similar directions; the chunk's update adds up ``b`` gradients
+CHOICE: ``max_lr`` defaults to ``min(0.1, 0.5 / chunk_size)`` (:func:`default_max_lr`). After SiLU and
+l2-normalisation the keys are unit vectors whose entries are mostly positive (SiLU is never below -0.28), so the
+keys of one chunk point in similar directions; the chunk's update adds up ``b`` gradients
 taken at the same weights ``M_{t'}``, and along that shared direction it acts like one step of size ``b * theta``.
 A step that is safe online (``b = 1``) therefore overshoots and diverges at large ``b``: with the default gates,
 ``max_lr = 0.1`` diverges at ``b = 16`` and ``0.02`` at ``b = 64``. Scaling the largest step by ``1 / b`` keeps
