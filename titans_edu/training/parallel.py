@@ -87,6 +87,9 @@ def init_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
 
 def shutdown(runtime: Runtime) -> None:
     if runtime.distributed and dist.is_initialized():
+        # Every process reaches here before any tears the group down: a process that leaves while another
+        # still has collective work in flight aborts it ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 
