@@ -51,6 +51,10 @@ def by_length(data: dict, variant: str, control: str = "") -> dict[int, tuple[fl
     return out
 
 
+def _length_label(n: int) -> str:
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
 def variants_of(data: dict) -> list[str]:
     seen = []
     for key in data["cells"]:
@@ -69,7 +73,7 @@ def heatmaps(data: dict, variants: list[str] | None = None, control: str = "", t
     for ax, variant in zip(axes, variants):
         lengths, depths, table = grid(data, variant, control)
         image = ax.imshow(table, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-        ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n >= 1024 else str(n) for n in lengths], fontsize=8)
+        ax.set_xticks(range(len(lengths)), [_length_label(n) for n in lengths], fontsize=8)
         ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=8)
         ax.set_title(variant + (f" ({control})" if control else ""), fontsize=10)
         ax.set_xlabel("input length (tokens)", fontsize=9)
@@ -112,11 +116,14 @@ def accuracy_against_length(data: dict, variants: list[str] | None = None, contr
     if chance is not None:
         ax.axhline(chance, color="black", lw=0.8, ls=":", label="chance")
     ax.set_xscale("log", base=2)
+    lengths = sorted({parse_key(k)[2] for k in data["cells"]})
+    ax.set_xticks(lengths, [_length_label(n) for n in lengths])
+    ax.minorticks_off()
     ax.set_xlabel("input length (tokens)")
     ax.set_ylabel("exact match")
     ax.set_ylim(-0.03, 1.08)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.legend(fontsize=7, ncol=2, loc="best")
     if title:
         ax.set_title(title, fontsize=10)
     return fig
