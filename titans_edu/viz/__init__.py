@@ -10,5 +10,6 @@ box; its update callback is a plain function of the slider values, unit-tested w
     mask_views        notebook 07: the masks of Fig. 3 and their explorer
     attention_views   notebooks 07-08: attention weights, attention sinks, one MAC segment step by step
     gate_views        notebooks 09-10: MAG's gate and branches, MAL and LMM
+    architecture_views notebooks 08-10: the data flow of MAC, MAG and MAL (Figs. 2, 4, 5), equations on the arrows
     explorer          the ipywidgets wiring every explorer shares: controls, readout, figure area
 """
