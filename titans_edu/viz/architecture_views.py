@@ -134,7 +134,7 @@ def draw_mac() -> Figure:
 
 def draw_mag() -> Figure:
     """MAG, memory as a gate (Fig. 4, Eqs. 26-28), two branches over the whole stream as
-    :meth:`titans_edu.models.mag.MAGMixer.forward` runs them."""
+    :class:`titans_edu.models.mag.MAGMixer` runs them."""
     width, height = 13.0, 6.0
     fig, ax = _canvas(width, height, "MAG: memory as a gate (Fig. 4), two branches side by side, no segments")
     x = Box(1.2, 3.0, 1.7, 0.9, "input\n$x$", "input")
@@ -163,7 +163,7 @@ def draw_mag() -> Figure:
 
 def draw_mal() -> Figure:
     """MAL, memory as a layer (Fig. 5, Eqs. 29-31), the memory then the attention as
-    :meth:`titans_edu.models.mal.MALMixer.forward` runs them."""
+    :class:`titans_edu.models.mal.MALMixer` runs them."""
     width, height = 15.6, 4.6
     fig, ax = _canvas(width, height, "MAL: memory as a layer (Fig. 5), the memory and the attention in series")
     x = Box(1.2, 2.6, 1.7, 0.9, "input\n$x$", "input")
