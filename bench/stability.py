@@ -161,6 +161,9 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/stability", help="drift, context: where the trained runs go")
     parser.add_argument("--train-flags", nargs=argparse.REMAINDER, default=[],
                         help="drift, context: more flags for titans_edu.train (last on the line)")
+    parser.add_argument("--out", default=None,
+                        help="results file; default bench/results/stability-<part>.json (an existing file is kept "
+                             "unless it is named here)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     conditions = machine_conditions()
@@ -203,10 +206,12 @@ def main() -> None:
                           results=curves(runs / "context", variants, "embedded", data, 256, flags, ends))
         record["train_flags"] = flags
     record["seconds"] = time.perf_counter() - start
-    out = ROOT / "bench" / "results" / f"stability-{args.part}{'-plain' if args.plain else ''}.json"
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"stability-{args.part}{'-plain' if args.plain else ''}.json"
+    if out.exists() and not args.out:
+        out = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}.json")  # never overwrite a result
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"written to {out.relative_to(ROOT)}")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":
