@@ -206,9 +206,12 @@ def main() -> None:
                           results=curves(runs / "context", variants, "embedded", data, 256, flags, ends))
         record["train_flags"] = flags
     record["seconds"] = time.perf_counter() - start
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"stability-{args.part}{'-plain' if args.plain else ''}.json"
-    if out.exists() and not args.out:
-        out = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}.json")  # never overwrite a result
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = ROOT / "bench" / "results" / f"stability-{args.part}{'-plain' if args.plain else ''}.json"
+        if out.exists():  # a result already there is kept; this run goes beside it
+            out = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"written to {out}")
