@@ -7,6 +7,7 @@ comes out of today's code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -46,6 +47,28 @@ def test_exact_match_is_the_verdict_of_greedy_decoding():
         out, _ = generate(model, prompt, len(e.answer), temperature=0)
         assert verdict == float(torch.equal(out[0, e.length :], e.answer))
     assert exact_match(model, examples, sweep.call, "cpu") == pytest.approx(sum(verdicts) / len(verdicts))
+
+
+def test_the_reset_control_scores_questions_that_start_at_different_positions():
+    # qa1's question names a person, so where it starts moves with the name's length. Half of the examples get
+    # as answer what the model says after a reset just before their own question, so exactly those must count
+    # as right: a reset at any other position (or none) would change what the model says.
+    task = get_task("qa1")
+    examples = examples_for(task, task.min_length + 40, 0.5, 8, seed=0)
+    assert len({e.question for e in examples}) > 1
+    torch.manual_seed(0)
+    model = build_model("lmm", "tiny", **TINY).eval()
+    chosen = []
+    for i, e in enumerate(examples):
+        tokens = e.tokens.clone()
+        if i % 2 == 0:
+            for j in e.scored.nonzero().flatten().tolist():  # greedy decoding, one answer byte at a time
+                tokens[j] = predictions(model, tokens[None], 16, reset_at=e.question)[0, j - 1]
+        chosen.append(dataclasses.replace(e, tokens=tokens))
+    kept = [predictions(model, e.tokens[None], 16) for e in chosen]
+    assert any(not torch.equal(k[0], predictions(model, e.tokens[None], 16, reset_at=e.question)[0])
+               for k, e in zip(kept, chosen))  # the reset changes what the model says
+    assert exact_match(model, chosen, 16, "cpu", reset=True) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("variant", ["lmm", "mac", "transformer"])

@@ -159,21 +159,20 @@ def predictions(model: TitansLM, tokens: Tensor, call: int, reset_at: int | None
 
 def exact_match(model: TitansLM, examples: list[Example], call: int, device: str, reset: bool = False) -> float:
     """The share of examples whose every answer token is the argmax given the tokens before it: the verdict of
-    greedy decoding (all right given the right prefix, or greedy goes wrong at the first miss)."""
-    tokens = torch.stack([e.tokens for e in examples]).to(device)
-    scored = torch.stack([e.scored for e in examples]).to(device)[:, 1:]
-    reset_at = _question_start(examples) if reset else None
-    pred = predictions(model, tokens, call, reset_at)
-    right = (pred == tokens[:, 1:]) | ~scored
-    return right.all(dim=1).float().mean().item()
-
-
-def _question_start(examples: list[Example]) -> int:
-    """Where the question begins (the same in every example of one cell): the memory is reset just before it."""
-    starts = {e.question for e in examples}
-    if len(starts) != 1:
-        raise ValueError(f"the examples of one cell put the question at different positions: {sorted(starts)}")
-    return starts.pop()
+    greedy decoding (all right given the right prefix, or greedy goes wrong at the first miss). With ``reset``,
+    the memory is reset to ``M_0`` just before each example's question; examples whose questions start at
+    different positions (a question naming "Sandra" is longer than one naming "Mary") are read in separate
+    batches, one per position."""
+    groups = {}
+    for e in examples:
+        groups.setdefault(e.question if reset else None, []).append(e)
+    right = 0.0
+    for reset_at, group in groups.items():
+        tokens = torch.stack([e.tokens for e in group]).to(device)
+        scored = torch.stack([e.scored for e in group]).to(device)[:, 1:]
+        pred = predictions(model, tokens, call, reset_at)
+        right += ((pred == tokens[:, 1:]) | ~scored).all(dim=1).sum().item()
+    return right / len(examples)
 
 
 def examples_for(task: Task, length: int, depth: float, n: int, seed: int) -> list[Example]:
